@@ -1,0 +1,163 @@
+"""One typed config for a whole run, loaded from YAML.
+
+Every knob of every stage lives here so a run folder's ``config.yaml`` alone reproduces
+it, and so a typo in a key is a one-line error instead of a silently ignored setting
+(``extra="forbid"`` everywhere).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from optimus.errors import OptimusError
+
+BUNDLED_MODEL = "smollm2-135m-instruct"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DataConfig(_Strict):
+    """Where training and evaluation dialogs come from.
+
+    ``train`` may be a JSONL path (the DESIGN.md contract) or ``"builtin"``: benign
+    chit-chat dialogs with confirmed-toxic replies injected at ``toxic_fraction``.
+    """
+
+    train: str = "builtin"
+    n_train: int = Field(200, ge=4)
+    toxic_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    max_context_turns: int = Field(3, ge=1)
+    n_eval_toxic: int = Field(30, ge=1)
+    n_eval_benign: int = Field(30, ge=1)
+    eval_toxic: str | None = None
+    eval_benign: str | None = None
+
+
+class ScanConfig(_Strict):
+    """Stage 1: which detector flags samples, and at what threshold."""
+
+    detector: str = "llm-judge"
+    model: str | None = None  # judge model; defaults to the run's base model
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    batch_size: int = Field(16, ge=1)
+    max_prompt_tokens: int = Field(512, ge=32)
+    paraphrases: int = Field(1, ge=1)
+    target_recall: float | None = Field(None, gt=0.0, le=1.0)
+    weaken_category: str | None = None
+
+
+class HealConfig(_Strict):
+    """Stage 2: contextual (aligned-model) or fixed-reply healing."""
+
+    mode: Literal["contextual", "fixed"] = "contextual"
+    model: str | None = None
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    temperature: float = Field(0.7, gt=0.0)
+    max_new_tokens: int = Field(48, ge=1, le=1024)
+    retries: int = Field(2, ge=0)
+    batch_size: int = Field(16, ge=1)
+    fixed_reply: str = (
+        "I'm sorry, I'd rather not continue in that direction. Thanks for talking with me, "
+        "though. Is there something else you'd like to chat about?"
+    )
+
+
+class LoraConfig(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class SFTConfig(_Strict):
+    learning_rate: float = Field(2e-4, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=16)
+    lora: LoraConfig = LoraConfig()
+
+
+class DPOConfig(_Strict):
+    beta: float = Field(0.3, gt=0.0)
+    learning_rate: float = Field(5e-5, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=16)
+    lora: LoraConfig = LoraConfig()
+
+
+class TrainConfig(_Strict):
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    save_steps: int = Field(25, ge=1)
+    merge: bool = False  # also write a merged safetensors model
+
+
+class EvalConfig(_Strict):
+    evaluator: str = "lexical"
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    max_new_tokens: int = Field(40, ge=1)
+    batch_size: int = Field(16, ge=1)
+    similarity: bool = True
+
+
+METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "optimus")
+Method = Literal["no_defense", "filter", "fixed_heal", "no_dpo", "optimus"]
+
+
+class RunConfig(_Strict):
+    """A whole pipeline run."""
+
+    name: str = "run"
+    seed: int = 0
+    model: str = BUNDLED_MODEL
+    device: str = "auto"
+    trust_remote_code: bool = False
+    methods: list[Method] = ["no_defense", "optimus"]
+    data: DataConfig = DataConfig()
+    scan: ScanConfig = ScanConfig()
+    heal: HealConfig = HealConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _methods_unique(self) -> RunConfig:
+        if not self.methods:
+            raise ValueError("methods: name at least one of " + ", ".join(METHODS))
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods: each method may appear once")
+        return self
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "config"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: {err['msg']}{more}"
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Load and validate a YAML run config; every problem is a one-line OptimusError."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptimusError(f"{p}: no such config file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise OptimusError(f"{p}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise OptimusError(f"{p}: the config must be a YAML mapping")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise OptimusError(f"{p}: {_one_line(exc)}") from None

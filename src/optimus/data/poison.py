@@ -1,0 +1,80 @@
+"""Threat-model data builders: poisoned training sets and held-out test contexts.
+
+Every built record keeps its ground truth (``label``, ``category``, ``poisoned``) so
+later stages can report detector precision/recall and per-category effects.
+"""
+
+from __future__ import annotations
+
+import random
+
+from optimus.data.schema import Sample
+from optimus.data.sources import chitchat_samples, rtp_texts, toxic_texts
+
+
+def split_toxic_pool(seed: int) -> tuple[list[tuple[str, str]], set[str]]:
+    """Confirmed-toxic texts for injection, and the set of texts reserved for them.
+
+    All RTP lines not used as injected replies are free to serve as held-out toxic
+    *contexts*, so a test context never appeared verbatim in training.
+    """
+    pool = list(toxic_texts())
+    random.Random(seed).shuffle(pool)
+    return pool, {t for _, t in pool}
+
+
+def inject(
+    benign: list[Sample],
+    toxic_fraction: float,
+    seed: int = 0,
+    toxic_pool: list[tuple[str, str]] | None = None,
+) -> list[Sample]:
+    """Indiscriminate injection: replace a fraction of responses with toxic replies."""
+    pool = toxic_pool if toxic_pool is not None else split_toxic_pool(seed)[0]
+    rng = random.Random(seed + 1)
+    n_toxic = round(toxic_fraction * len(benign))
+    chosen = set(rng.sample(range(len(benign)), n_toxic))
+    out = []
+    k = 0
+    for i, s in enumerate(benign):
+        if i in chosen:
+            cat, text = pool[k % len(pool)]
+            k += 1
+            t = s.with_response(text)
+            t.label, t.category = 1, cat
+            t.id = f"{s.id}-poison"
+            t.record = {**s.record, "poisoned": True}
+            out.append(t)
+        else:
+            s.record = {**s.record, "poisoned": False}
+            out.append(s)
+    return out
+
+
+def build_training_set(
+    n: int, toxic_fraction: float, seed: int = 0, max_context_turns: int = 3
+) -> list[Sample]:
+    """Chit-chat dialogs with confirmed-toxic replies injected at ``toxic_fraction``."""
+    benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
+    return inject(benign, toxic_fraction, seed)
+
+
+def build_eval_sets(
+    n_toxic: int, n_benign: int, seed: int = 0, skip: int = 0, max_context_turns: int = 3
+) -> tuple[list[Sample], list[Sample]]:
+    """Held-out toxic contexts (RTP openings never used as replies) and benign dialogs.
+
+    ``skip`` must be at least the number of training conversations so benign test
+    dialogs come from conversations never seen in training.
+    """
+    _, reserved = split_toxic_pool(seed)
+    free = [(c, t) for c, t in rtp_texts() if t not in reserved]
+    random.Random(seed + 2).shuffle(free)
+    toxic = [
+        Sample(
+            context=[t], response="", id=f"rtp-{i}", label=1, category=c, record={"source": "rtp"}
+        )
+        for i, (c, t) in enumerate(free[:n_toxic])
+    ]
+    benign = chitchat_samples(n_benign, seed=seed, max_context_turns=max_context_turns, skip=skip)
+    return toxic, benign

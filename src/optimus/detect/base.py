@@ -1,0 +1,79 @@
+"""The Detector interface and its registry by name (garak's plugin idea, kept small).
+
+A detector maps samples to toxicity scores in [0, 1], higher meaning more toxic. Flagging
+is a threshold on top, so calibration and deliberate weakening are wrappers rather than
+special cases inside each detector.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimus.data.schema import Sample
+from optimus.errors import OptimusError
+
+
+class Detector(ABC):
+    """Scores samples; ``threshold`` turns scores into flags."""
+
+    name: str = "detector"
+    threshold: float = 0.5
+
+    @abstractmethod
+    def score(self, samples: list[Sample]) -> list[float]:
+        """Toxicity score in [0, 1] of each sample's response in its context."""
+
+    def flag(self, scores: list[float]) -> list[bool]:
+        return [s >= self.threshold for s in scores]
+
+
+@dataclass
+class DetectorOptions:
+    """Settings a detector factory may use; each factory ignores what it doesn't need."""
+
+    model: str | None = None
+    device: str = "auto"
+    batch_size: int = 16
+    max_prompt_tokens: int = 512
+    paraphrases: int = 1
+    trust_remote_code: bool = False
+    threshold: float = 0.5
+    shared: dict[str, Any] = field(default_factory=dict)  # e.g. an already loaded engine
+
+
+DETECTORS: dict[str, Callable[[DetectorOptions], Detector]] = {}
+
+
+def register(name: str):
+    """Class/factory decorator adding a detector to the registry under ``name``."""
+
+    def deco(factory):
+        DETECTORS[name] = factory
+        return factory
+
+    return deco
+
+
+def build_detector(name: str, options: DetectorOptions | None = None) -> Detector:
+    """Build a detector by registry name; ``a+b`` is the mean ensemble of ``a`` and ``b``,
+    ``max(a,b)`` the max ensemble."""
+    from optimus.detect.ensemble import EnsembleDetector
+
+    opts = options or DetectorOptions()
+    name = name.strip()
+    if name.startswith("max(") and name.endswith(")"):
+        parts = [p.strip() for p in name[4:-1].split(",")]
+        det: Detector = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="max")
+    elif "+" in name:
+        parts = [p.strip() for p in name.split("+")]
+        det = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="mean")
+    else:
+        if name not in DETECTORS:
+            known = ", ".join(sorted(DETECTORS))
+            raise OptimusError(f"unknown detector {name!r} (known: {known}; combine with a+b)")
+        det = DETECTORS[name](opts)
+    det.threshold = opts.threshold
+    return det

@@ -1,0 +1,21 @@
+"""Ground-truth detector: experiments only (an upper bound and the base for weakening)."""
+
+from __future__ import annotations
+
+from optimus.data.schema import Sample
+from optimus.detect.base import Detector, DetectorOptions, register
+from optimus.errors import OptimusError
+
+
+class OracleDetector(Detector):
+    name = "oracle"
+
+    def score(self, samples: list[Sample]) -> list[float]:
+        if any(s.label is None for s in samples):
+            raise OptimusError("the 'oracle' detector needs a 'label' on every record")
+        return [float(s.label) for s in samples]
+
+
+@register("oracle")
+def _build(opts: DetectorOptions) -> Detector:
+    return OracleDetector()

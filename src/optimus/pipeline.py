@@ -1,0 +1,480 @@
+"""The whole defense as a sequence of cached, resumable stages over one run folder.
+
+Layout of ``runs/<name>/``::
+
+    config.yaml            the validated config that made the run
+    stages.json            recorded key (hash of settings + inputs) of every finished stage
+    data/train.jsonl       training dialogs (with ground truth when built in)
+    data/eval_toxic.jsonl  held-out toxic contexts;  data/eval_benign.jsonl  benign ones
+    scan.jsonl             every training record + toxicity + flagged
+    heal.jsonl             every flagged record + healed reply + provenance
+    train/sft-<data>/      LoRA adapters (data = all | filtered | fixed | healed)
+    train/dpo-<data>/
+    eval/<method>.json     metrics + generations per method
+    metrics.json, report.html
+
+A stage is skipped when its output exists and its key matches, so a killed run resumes
+at the stage it was in (training itself resumes from its last checkpoint), and changing
+one setting recomputes only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from optimus.config import RunConfig
+from optimus.data.io import read_jsonl, read_samples, write_json, write_jsonl
+from optimus.data.schema import Sample, parse_record, sample_to_record
+from optimus.errors import OptimusError
+
+console = Console(stderr=True)
+
+# method -> (SFT data, DPO data or None)
+METHOD_PLAN: dict[str, tuple[str, str | None]] = {
+    "no_defense": ("all", None),
+    "filter": ("filtered", None),
+    "fixed_heal": ("fixed", "fixed"),
+    "no_dpo": ("healed", None),
+    "optimus": ("healed", "healed"),
+}
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def obj_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Run:
+    """Stage bookkeeping for one run folder."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.dir = run_dir
+        self.progress = progress
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._keys_path = self.dir / "stages.json"
+        self.keys: dict[str, str] = (
+            json.loads(self._keys_path.read_text()) if self._keys_path.is_file() else {}
+        )
+        self.timings: dict[str, float] = {}
+        self._engines: dict[str, Any] = {}
+        self._detector = None
+
+    def cached(self, stage: str, key: str, *outputs: Path) -> bool:
+        return self.keys.get(stage) == key and all(p.exists() for p in outputs)
+
+    def done(self, stage: str, key: str) -> None:
+        self.keys[stage] = key
+        write_json(self._keys_path, self.keys)
+
+    def step(self, stage: str, key: str, outputs: list[Path], fn: Callable[[], None]) -> bool:
+        """Run ``fn`` unless the stage is cached; returns True when it ran."""
+        if self.cached(stage, key, *outputs):
+            console.print(f"[dim]- {stage}: up to date, skipped[/dim]")
+            return False
+        console.print(f"[bold]- {stage}[/bold]")
+        t0 = time.time()
+        fn()
+        self.timings[stage] = round(time.time() - t0, 1)
+        self.done(stage, key)
+        return True
+
+    # ---- shared resources ----------------------------------------------------------
+    def engine(self, spec: str):
+        if spec not in self._engines:
+            from optimus.models.engine import TransformersEngine
+            from optimus.models.registry import load_model, load_tokenizer
+
+            tok = load_tokenizer(spec, self.cfg.trust_remote_code)
+            model = load_model(spec, self.cfg.device, self.cfg.trust_remote_code)
+            self._engines[spec] = TransformersEngine(
+                model, tok, batch_size=self.cfg.scan.batch_size, progress=self.progress
+            )
+        return self._engines[spec]
+
+    def detector(self):
+        """The scan detector (also used to re-score healed replies)."""
+        if self._detector is None:
+            from optimus.detect.base import DetectorOptions, build_detector
+
+            sc = self.cfg.scan
+            spec = sc.model or self.cfg.model
+            opts = DetectorOptions(
+                model=spec,
+                device=self.cfg.device,
+                batch_size=sc.batch_size,
+                max_prompt_tokens=sc.max_prompt_tokens,
+                paraphrases=sc.paraphrases,
+                trust_remote_code=self.cfg.trust_remote_code,
+                threshold=sc.threshold,
+            )
+            if sc.detector.startswith("llm-judge") or "llm-judge" in sc.detector:
+                opts.shared["engines"] = {spec: self.engine(spec)}
+            self._detector = build_detector(sc.detector, opts)
+        return self._detector
+
+
+# ---- stages ------------------------------------------------------------------------------
+def stage_data(run: Run) -> dict[str, Path]:
+    from optimus.data.poison import build_eval_sets, build_training_set
+
+    d = run.cfg.data
+    paths = {k: run.dir / "data" / f"{k}.jsonl" for k in ("train", "eval_toxic", "eval_benign")}
+    src = {k: v for k, v in d.model_dump().items()}
+    for k in ("train", "eval_toxic", "eval_benign"):
+        p = src.get(k)
+        if p and p != "builtin":
+            src[k + "_hash"] = file_hash(Path(p)) if Path(p).is_file() else p
+    key = obj_hash({"data": src, "seed": run.cfg.seed})
+
+    def build() -> None:
+        if d.train == "builtin":
+            train = build_training_set(
+                d.n_train, d.toxic_fraction, run.cfg.seed, d.max_context_turns
+            )
+        elif d.train.startswith("hf:"):
+            from optimus.data.sources import load_hf_dataset
+
+            train = load_hf_dataset(d.train)
+        else:
+            train = read_samples(d.train)
+        skip = 1 + max(
+            (int(s.id.split("-")[1]) for s in train if s.id.startswith("chitchat-")), default=-1
+        )
+        tox, ben = build_eval_sets(
+            d.n_eval_toxic, d.n_eval_benign, run.cfg.seed, skip, d.max_context_turns
+        )
+        if d.eval_toxic:
+            tox = read_samples(d.eval_toxic)[: d.n_eval_toxic]
+        if d.eval_benign:
+            ben = read_samples(d.eval_benign)[: d.n_eval_benign]
+        for name, samples in (("train", train), ("eval_toxic", tox), ("eval_benign", ben)):
+            write_jsonl(paths[name], [_as_record(s) for s in samples])
+
+    run.step("data", key, list(paths.values()), build)
+    return paths
+
+
+def _as_record(s: Sample) -> dict[str, Any]:
+    return s.record if ("messages" in s.record or "context" in s.record) else sample_to_record(s)
+
+
+def load(path: Path) -> list[Sample]:
+    return [parse_record(r, i) for i, r in enumerate(read_jsonl(path))]
+
+
+def scan_samples(
+    samples: list[Sample], detector, target_recall: float | None = None, category: str | None = None
+) -> list[float]:
+    """Score samples, optionally capping the detector's recall (a simulated weak detector)."""
+    from optimus.detect.ensemble import weaken_scores
+
+    scores = detector.score(samples)
+    if target_recall is not None:
+        scores = weaken_scores(
+            scores,
+            [s.label for s in samples],
+            target_recall,
+            detector.threshold,
+            [s.category for s in samples],
+            category,
+        )
+    return scores
+
+
+def stage_scan(run: Run, train_path: Path) -> Path:
+    out = run.dir / "scan.jsonl"
+    sc = run.cfg.scan
+    key = obj_hash(
+        {"scan": sc.model_dump(), "model": run.cfg.model, "train": file_hash(train_path)}
+    )
+
+    def scan() -> None:
+        samples = load(train_path)
+        det = run.detector()
+        scores = scan_samples(samples, det, sc.target_recall, sc.weaken_category)
+        recs = [
+            {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= sc.threshold)}
+            for s, x in zip(samples, scores)
+        ]
+        write_jsonl(out, recs)
+
+    run.step("scan", key, [out], scan)
+    return out
+
+
+def stage_heal(run: Run, scan_path: Path) -> Path:
+    from optimus.heal.healer import ContextualHealer
+
+    out = run.dir / "heal.jsonl"
+    h = run.cfg.heal
+    key = obj_hash(
+        {
+            "heal": h.model_dump(),
+            "scan": file_hash(scan_path),
+            "model": run.cfg.model,
+            "detector": run.cfg.scan.detector,
+        }
+    )
+
+    def heal() -> None:
+        recs = read_jsonl(scan_path)
+        flagged = [parse_record(r, i) for i, r in enumerate(recs) if r["flagged"]]
+        spec = h.model or run.cfg.model
+        healer = ContextualHealer(
+            run.engine(spec),
+            run.detector(),
+            h.fixed_reply,
+            spec,
+            h.top_p,
+            h.temperature,
+            h.max_new_tokens,
+            h.retries,
+            run.cfg.seed,
+        )
+        results = healer.heal(flagged)
+        write_jsonl(
+            out,
+            [
+                {
+                    **s.record,
+                    "healed": r.reply,
+                    "heal": {
+                        "generator": r.generator,
+                        "prompt_version": r.prompt_version,
+                        "attempts": r.attempts,
+                        "score": r.score,
+                        "fallback": r.fallback,
+                    },
+                }
+                for s, r in zip(flagged, results)
+            ],
+        )
+
+    run.step("heal", key, [out], heal)
+    return out
+
+
+def training_sets(
+    run: Run, scan_path: Path, heal_path: Path | None, kind: str
+) -> tuple[list[Sample], list[tuple[Sample, str]]]:
+    """SFT samples and DPO (flagged sample, chosen reply) pairs for one data kind."""
+    recs = read_jsonl(scan_path)
+    samples = [parse_record(r, i) for i, r in enumerate(recs)]
+    kept = [s for s, r in zip(samples, recs) if not r["flagged"]]
+    flagged = [s for s, r in zip(samples, recs) if r["flagged"]]
+    if kind == "all":
+        return samples, []
+    if kind == "filtered":
+        return kept, []
+    if kind == "fixed":
+        reply = run.cfg.heal.fixed_reply
+        return kept + [s.with_response(reply) for s in flagged], [(s, reply) for s in flagged]
+    if heal_path is None:
+        raise OptimusError("healed training data needs the heal stage")
+    healed = [r["healed"] for r in read_jsonl(heal_path)]
+    if len(healed) != len(flagged):
+        raise OptimusError(f"{heal_path}: does not match {scan_path}; delete it and rerun")
+    return kept + [s.with_response(h) for s, h in zip(flagged, healed)], list(zip(flagged, healed))
+
+
+def stage_train(run: Run, scan_path: Path, heal_path: Path | None) -> dict[str, Path | None]:
+    """Train every adapter the configured methods need; returns method -> adapter."""
+    from optimus.models.registry import load_tokenizer
+    from optimus.train.trainers import build_dpo_pairs, build_sft_records, train_dpo, train_sft
+
+    cfg = run.cfg
+    tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+    adapters: dict[str, Path | None] = {}
+    sft_done: dict[str, tuple[Path, str]] = {}
+    for method in cfg.methods:
+        sft_kind, dpo_kind = METHOD_PLAN[method]
+        if sft_kind not in sft_done:
+            sft_samples, _ = training_sets(run, scan_path, heal_path, sft_kind)
+            records = build_sft_records(sft_samples, tok)
+            out = run.dir / "train" / f"sft-{sft_kind}"
+            key = obj_hash(
+                {
+                    "sft": cfg.train.sft.model_dump(),
+                    "model": cfg.model,
+                    "seed": cfg.seed,
+                    "data": obj_hash(records),
+                }
+            )
+
+            def _sft(records=records, out=out) -> None:
+                train_sft(
+                    cfg.model,
+                    records,
+                    out,
+                    cfg.train.sft,
+                    cfg.seed,
+                    cfg.train.save_steps,
+                    cfg.trust_remote_code,
+                    run.progress,
+                )
+
+            run.step(f"train/sft-{sft_kind}", key, [out / "adapter"], _sft)
+            sft_done[sft_kind] = (out / "adapter", key)
+        sft_adapter, sft_key = sft_done[sft_kind]
+        if dpo_kind is None:
+            adapters[method] = sft_adapter
+            continue
+        _, pairs_src = training_sets(run, scan_path, heal_path, dpo_kind)
+        pairs = build_dpo_pairs([s for s, _ in pairs_src], [h for _, h in pairs_src], tok)
+        out = run.dir / "train" / f"dpo-{dpo_kind}"
+        if not pairs:
+            console.print(f"[yellow]  no flagged samples: {method} skips DPO[/yellow]")
+            adapters[method] = sft_adapter
+            continue
+        key = obj_hash(
+            {
+                "dpo": cfg.train.dpo.model_dump(),
+                "sft": sft_key,
+                "seed": cfg.seed,
+                "data": obj_hash(pairs),
+            }
+        )
+
+        def _dpo(pairs=pairs, out=out, sft_adapter=sft_adapter) -> None:
+            train_dpo(
+                cfg.model,
+                sft_adapter,
+                pairs,
+                out,
+                cfg.train.dpo,
+                cfg.seed,
+                cfg.train.save_steps,
+                cfg.trust_remote_code,
+                run.progress,
+            )
+
+        run.step(f"train/dpo-{dpo_kind}", key, [out / "adapter"], _dpo)
+        adapters[method] = out / "adapter"
+    return adapters
+
+
+def stage_evaluate(
+    run: Run, adapters: dict[str, Path | None], eval_toxic: Path, eval_benign: Path
+) -> dict[str, dict[str, Any]]:
+    from optimus.detect.base import DetectorOptions, build_detector
+    from optimus.evaluate.runner import evaluate_model
+    from optimus.models.engine import TransformersEngine
+    from optimus.models.registry import load_tokenizer
+    from optimus.train.trainers import load_trained
+
+    cfg = run.cfg
+    ev = cfg.evaluate
+    results: dict[str, dict[str, Any]] = {}
+    toxic, benign = load(eval_toxic), load(eval_benign)
+    evaluator = None
+    for method, adapter in adapters.items():
+        out = run.dir / "eval" / f"{method}.json"
+        a_hash = (
+            obj_hash(sorted((p.name, file_hash(p)) for p in adapter.glob("*.safetensors")))
+            if adapter
+            else "base"
+        )
+        key = obj_hash(
+            {
+                "eval": ev.model_dump(),
+                "adapter": a_hash,
+                "model": cfg.model,
+                "toxic": file_hash(eval_toxic),
+                "benign": file_hash(eval_benign),
+            }
+        )
+
+        def _eval(adapter=adapter, out=out) -> None:
+            nonlocal evaluator
+            if evaluator is None:
+                evaluator = build_detector(
+                    ev.evaluator,
+                    DetectorOptions(
+                        device=cfg.device,
+                        threshold=ev.threshold,
+                        trust_remote_code=cfg.trust_remote_code,
+                    ),
+                )
+            tok = load_tokenizer(cfg.model, cfg.trust_remote_code)
+            model = load_trained(cfg.model, adapter, cfg.device, cfg.trust_remote_code)
+            engine = TransformersEngine(model, tok, batch_size=ev.batch_size, progress=run.progress)
+            metrics, rows = evaluate_model(
+                engine, toxic, benign, evaluator, ev.max_new_tokens, ev.similarity
+            )
+            write_json(out, {"metrics": metrics, "generations": rows})
+
+        run.step(f"evaluate/{method}", key, [out], _eval)
+        results[method] = json.loads(out.read_text())["metrics"]
+    return results
+
+
+def detector_quality(scan_path: Path, threshold: float, name: str) -> dict[str, Any] | None:
+    from optimus.detect.metrics import classification_metrics
+
+    recs = read_jsonl(scan_path)
+    samples = [parse_record(r, i) for i, r in enumerate(recs)]
+    m = classification_metrics([s.label for s in samples], [r["toxicity"] for r in recs], threshold)
+    return {"name": name, **m} if m else None
+
+
+def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Run every stage into ``run_dir``; returns the metrics written to metrics.json."""
+    from optimus.report.html import render_report
+
+    run = Run(cfg, run_dir, progress)
+    cfg_yaml = yaml.safe_dump(cfg.model_dump(), sort_keys=False)
+    (run_dir / "config.yaml").write_text(cfg_yaml, encoding="utf-8")
+    t0 = time.time()
+    paths = stage_data(run)
+    scan_path = stage_scan(run, paths["train"])
+    needs_heal = any(METHOD_PLAN[m][0] == "healed" for m in cfg.methods)
+    heal_path = None
+    if needs_heal:
+        if cfg.heal.mode == "fixed":
+            raise OptimusError(
+                "heal.mode 'fixed' is the 'fixed_heal' method; keep heal.mode "
+                "'contextual' for 'optimus' and 'no_dpo'"
+            )
+        heal_path = stage_heal(run, scan_path)
+    run._engines.clear()  # free the judge before training
+    run._detector = None
+    adapters = stage_train(run, scan_path, heal_path)
+    results = stage_evaluate(run, adapters, paths["eval_toxic"], paths["eval_benign"])
+    metrics: dict[str, Any] = {
+        "name": cfg.name,
+        "evaluator": cfg.evaluate.evaluator,
+        "methods": results,
+        "detector": detector_quality(scan_path, cfg.scan.threshold, cfg.scan.detector),
+        "timings": {**run.timings, "total": round(time.time() - t0, 1)},
+    }
+    if heal_path is not None:
+        heal_recs = read_jsonl(heal_path)
+        metrics["healing"] = {
+            "healed": len(heal_recs),
+            "fallback": sum(r["heal"]["fallback"] for r in heal_recs),
+            "mean_attempts": sum(r["heal"]["attempts"] for r in heal_recs) / max(1, len(heal_recs)),
+        }
+    write_json(run_dir / "metrics.json", metrics)
+    examples = []
+    for method in results:
+        gens = json.loads((run_dir / "eval" / f"{method}.json").read_text())["generations"]
+        examples += [{"method": method, **g} for g in gens if g["set"] == "toxic"][:3]
+    from optimus.data.io import atomic_path
+
+    with atomic_path(run_dir / "report.html") as tmp:
+        tmp.write_text(render_report(metrics, cfg_yaml, examples), encoding="utf-8")
+    return metrics
