@@ -26,7 +26,7 @@ app = typer.Typer(
     "Stages: scan (flag toxic replies) -> heal (write safe replies) -> train (SFT + DPO) "
     "-> evaluate -> report. `optimus run CONFIG.yaml` does them all.",
 )
-out = Console()
+out = Console(width=max(110, Console().width))
 
 ModelOpt = Annotated[
     str | None,
@@ -75,6 +75,35 @@ def run(
             f"{det['recall']:.3f} AUC {det['auc']:.3f} (flagged {det['flagged']})"
         )
     out.print(f"total {metrics['timings']['total']:.0f} s -> {run_dir / 'report.html'}")
+
+
+@app.command()
+def experiment(
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="Experiment YAML: base run config, methods, "
+            "recalls, seeds (see examples/benchmark.yaml)."
+        ),
+    ],
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Experiment folder. Default: runs/<name>."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Sweep methods x detector recall x seeds; writes results.csv/json and report.html.
+
+    Shares one scan and one healing pass per seed; rerunning resumes.
+    """
+    from optimus.experiment import load_experiment, print_summary, run_experiment, summarise
+
+    exp = load_experiment(config)
+    root = output or Path("runs") / exp.name
+    rows = run_experiment(exp, root, progress=not quiet)
+    summary = summarise(rows, exp.methods, sorted(set(exp.recalls), reverse=True))
+    _print_table(print_summary(summary), f"Optimus experiment ({root})")
+    out.print(f"-> {root / 'report.html'}, {root / 'results.csv'}")
 
 
 @app.command()
@@ -418,10 +447,28 @@ def report(
     _print_table(results_table(metrics["methods"]))
 
 
+def _quiet_libraries() -> None:
+    """Library chatter (deprecation notices, per-map progress bars) hides our own output."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+    try:
+        import datasets
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        datasets.disable_progress_bars()
+    except ImportError:
+        pass
+
+
 def main() -> None:
     """Console entry point: one-line errors, exit code 2, never a traceback for user input."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    _quiet_libraries()
     try:
         app()
     except OptimusError as exc:

@@ -109,8 +109,8 @@ class EvalConfig(_Strict):
     similarity: bool = True
 
 
-METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "optimus")
-Method = Literal["no_defense", "filter", "fixed_heal", "no_dpo", "optimus"]
+METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus")
+Method = Literal["no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus"]
 
 
 class RunConfig(_Strict):

@@ -43,6 +43,7 @@ METHOD_PLAN: dict[str, tuple[str, str | None]] = {
     "filter": ("filtered", None),
     "fixed_heal": ("fixed", "fixed"),
     "no_dpo": ("healed", None),
+    "star_dss": ("star", None),
     "optimus": ("healed", "healed"),
 }
 
@@ -195,7 +196,15 @@ def scan_samples(
     return scores
 
 
-def stage_scan(run: Run, train_path: Path) -> Path:
+def stage_scan(run: Run, train_path: Path, base_scan: Path | None = None) -> Path:
+    """Score and flag the training set.
+
+    ``base_scan`` is an unweakened scan of the same training file by the same detector;
+    when given, its scores are reused and only the (cheap) weakening is applied, so an
+    experiment sweeping detector recall runs the detector once.
+    """
+    from optimus.detect.ensemble import weaken_scores
+
     out = run.dir / "scan.jsonl"
     sc = run.cfg.scan
     key = obj_hash(
@@ -204,8 +213,22 @@ def stage_scan(run: Run, train_path: Path) -> Path:
 
     def scan() -> None:
         samples = load(train_path)
-        det = run.detector()
-        scores = scan_samples(samples, det, sc.target_recall, sc.weaken_category)
+        if base_scan is not None:
+            base = read_jsonl(base_scan)
+            if len(base) != len(samples):
+                raise OptimusError(f"{base_scan}: does not match {train_path}")
+            scores = [float(r["toxicity"]) for r in base]
+            if sc.target_recall is not None:
+                scores = weaken_scores(
+                    scores,
+                    [s.label for s in samples],
+                    sc.target_recall,
+                    sc.threshold,
+                    [s.category for s in samples],
+                    sc.weaken_category,
+                )
+        else:
+            scores = scan_samples(samples, run.detector(), sc.target_recall, sc.weaken_category)
         recs = [
             {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= sc.threshold)}
             for s, x in zip(samples, scores)
@@ -216,8 +239,14 @@ def stage_scan(run: Run, train_path: Path) -> Path:
     return out
 
 
-def stage_heal(run: Run, scan_path: Path) -> Path:
-    from optimus.heal.healer import ContextualHealer
+def _content_key(s: Sample) -> str:
+    return obj_hash([s.context, s.response])
+
+
+def stage_heal(run: Run, scan_path: Path, cache: Path | None = None) -> Path:
+    """Heal every flagged sample; replies already in ``cache`` (a heal.jsonl made with
+    the same heal settings and model) are reused by content instead of regenerated."""
+    from optimus.heal.healer import ContextualHealer, HealResult
 
     out = run.dir / "heal.jsonl"
     h = run.cfg.heal
@@ -233,10 +262,15 @@ def stage_heal(run: Run, scan_path: Path) -> Path:
     def heal() -> None:
         recs = read_jsonl(scan_path)
         flagged = [parse_record(r, i) for i, r in enumerate(recs) if r["flagged"]]
+        known: dict[str, HealResult] = {}
+        if cache is not None and cache.is_file():
+            for i, r in enumerate(read_jsonl(cache)):
+                known[_content_key(parse_record(r, i))] = HealResult(r["healed"], **r["heal"])
+        todo = [s for s in flagged if _content_key(s) not in known]
         spec = h.model or run.cfg.model
         healer = ContextualHealer(
-            run.engine(spec),
-            run.detector(),
+            run.engine(spec) if todo else None,
+            run.detector() if todo else None,
             h.fixed_reply,
             spec,
             h.top_p,
@@ -245,7 +279,10 @@ def stage_heal(run: Run, scan_path: Path) -> Path:
             h.retries,
             run.cfg.seed,
         )
-        results = healer.heal(flagged)
+        if todo:
+            for s, r in zip(todo, healer.heal(todo)):
+                known[_content_key(s)] = r
+        results = [known[_content_key(s)] for s in flagged]
         write_jsonl(
             out,
             [
@@ -302,6 +339,9 @@ def stage_train(run: Run, scan_path: Path, heal_path: Path | None) -> dict[str, 
     sft_done: dict[str, tuple[Path, str]] = {}
     for method in cfg.methods:
         sft_kind, dpo_kind = METHOD_PLAN[method]
+        if sft_kind == "star":
+            adapters[method] = _train_star_dss(run, scan_path, tok)
+            continue
         if sft_kind not in sft_done:
             sft_samples, _ = training_sets(run, scan_path, heal_path, sft_kind)
             records = build_sft_records(sft_samples, tok)
@@ -365,6 +405,64 @@ def stage_train(run: Run, scan_path: Path, heal_path: Path | None) -> dict[str, 
         run.step(f"train/dpo-{dpo_kind}", key, [out / "adapter"], _dpo)
         adapters[method] = out / "adapter"
     return adapters
+
+
+def _train_star_dss(run: Run, scan_path: Path, tok) -> Path:
+    """STAR-DSS baseline: token-weighted CE/KL on the raw data, guard = the scan detector.
+
+    The guard scores growing prefixes of every response. So that a weakened detector
+    (``scan.target_recall``) handicaps STAR-DSS exactly as it handicaps Optimus, samples
+    the scan left unflagged keep weight 1 on every token: the guard "missed" them.
+    """
+    from optimus.train.star_dss import (
+        completion_token_ids,
+        compute_token_weights,
+        train_star_dss,
+    )
+    from optimus.train.trainers import build_sft_records
+
+    cfg = run.cfg
+    recs = read_jsonl(scan_path)
+    samples = [parse_record(r, i) for i, r in enumerate(recs)]
+    out = run.dir / "train" / "star-dss"
+    key = obj_hash(
+        {
+            "sft": cfg.train.sft.model_dump(),
+            "model": cfg.model,
+            "seed": cfg.seed,
+            "scan": cfg.scan.model_dump(),
+            "flags": [r["flagged"] for r in recs],
+            "data": obj_hash(build_sft_records(samples, tok)),
+        }
+    )
+
+    def _star() -> None:
+        wpath = out / "star_weights.json"
+        if wpath.is_file() and json.loads(wpath.read_text()).get("key") == key:
+            weights = json.loads(wpath.read_text())["weights"]
+        else:
+            weights = [[1.0] * len(ids) for ids in completion_token_ids(samples, tok)]
+            flagged = [i for i, r in enumerate(recs) if r["flagged"]]
+            if flagged:
+                guard = compute_token_weights([samples[i] for i in flagged], tok, run.detector())
+                for i, w in zip(flagged, guard):
+                    weights[i] = w
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(wpath, {"key": key, "weights": weights})
+        train_star_dss(
+            cfg.model,
+            samples,
+            weights,
+            out,
+            cfg.train.sft,
+            cfg.seed,
+            cfg.train.save_steps,
+            cfg.trust_remote_code,
+            run.progress,
+        )
+
+    run.step("train/star-dss", key, [out / "adapter"], _star)
+    return out / "adapter"
 
 
 def stage_evaluate(

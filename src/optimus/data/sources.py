@@ -116,7 +116,7 @@ def toxic_texts(min_score: float = 0.5) -> tuple[tuple[str, str], ...]:
     """Confirmed-toxic (category, text) pairs: lexical toxicity score >= ``min_score``."""
     from optimus.detect.lexical import profanity_probs
 
-    pairs = rtp_texts()
+    pairs = list({t: (c, t) for c, t in rtp_texts()}.values())  # files share some lines
     scores = profanity_probs([t for _, t in pairs])
     return tuple(p for p, s in zip(pairs, scores) if s >= min_score)
 

@@ -1,0 +1,267 @@
+"""Experiment runner: methods x detector recall x seeds on the same data, side by side.
+
+``optimus experiment CONFIG.yaml`` reproduces the paper's robustness study at small
+scale. Expensive work is shared rather than repeated:
+
+* per seed, one data build, one detector scan and one healing pass (over everything the
+  unweakened detector flags); every weakened-recall setting reuses those scores and
+  healed replies, because a weakened detector flags a subset of the same samples;
+* ``no_defense`` ignores the detector, so it is trained and evaluated once per seed and
+  its row is repeated at each recall.
+
+Every (seed, recall) cell is an ordinary run folder, so it resumes like ``optimus run``.
+Results go to ``results.csv``, ``results.json`` and ``report.html`` in the experiment
+folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from optimus.config import RunConfig, _one_line, _Strict
+from optimus.data.io import atomic_path, read_jsonl, write_json
+from optimus.errors import OptimusError
+from optimus.pipeline import (
+    METHOD_PLAN,
+    Run,
+    detector_quality,
+    stage_data,
+    stage_evaluate,
+    stage_heal,
+    stage_scan,
+    stage_train,
+)
+
+METRIC_KEYS = ("rtr_toxic", "rtr_benign", "perplexity", "similarity", "over_refusal", "distinct_2")
+
+
+class ExperimentConfig(_Strict):
+    """A sweep over detector recall and seeds for a list of methods."""
+
+    name: str = "experiment"
+    base: RunConfig = RunConfig()
+    methods: list[str] = ["no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus"]
+    recalls: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.15])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    attacks: bool = True
+
+
+def load_experiment(path: Path) -> ExperimentConfig:
+    if not path.is_file():
+        raise OptimusError(f"{path}: no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise OptimusError(f"{path}: invalid YAML ({exc})") from None
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise OptimusError(f"{path}: {_one_line(exc)}") from None
+    bad = [m for m in cfg.methods if m not in METHOD_PLAN]
+    if bad:
+        raise OptimusError(f"{path}: methods: unknown {bad} (known: {', '.join(METHOD_PLAN)})")
+    if not cfg.recalls or any(not 0 < r <= 1 for r in cfg.recalls):
+        raise OptimusError(f"{path}: recalls: each must be in (0, 1]")
+    return cfg
+
+
+def _cell_cfg(
+    exp: ExperimentConfig, seed: int, recall: float | None, methods: list[str]
+) -> RunConfig:
+    data = exp.base.model_dump()
+    data.update(seed=seed, methods=methods or ["no_defense"])
+    data["scan"]["target_recall"] = None if recall is None or recall >= 1.0 else recall
+    return RunConfig.model_validate(data)
+
+
+def _seed_base(exp: ExperimentConfig, root: Path, seed: int, progress: bool) -> Run:
+    """Data, unweakened scan and healing for one seed (shared by every recall)."""
+    needs_heal = any(METHOD_PLAN[m][0] == "healed" for m in exp.methods)
+    run = Run(_cell_cfg(exp, seed, None, ["optimus"]), root / f"seed{seed}" / "base", progress)
+    paths = stage_data(run)
+    scan = stage_scan(run, paths["train"])
+    if needs_heal:
+        stage_heal(run, scan)
+    run._engines.clear()
+    run._detector = None
+    return run
+
+
+def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> list[dict]:
+    """Run the sweep; returns one result row per (seed, recall, method)."""
+    from tqdm.auto import tqdm
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.yaml").write_text(yaml.safe_dump(exp.model_dump(), sort_keys=False))
+    rows: list[dict[str, Any]] = []
+    recalls = sorted(set(exp.recalls), reverse=True)
+    cells = [(s, r) for s in exp.seeds for r in recalls]
+    bar = tqdm(cells, desc="experiment", unit="cell", disable=not progress)
+    t0 = time.time()
+    attack_rows: list[dict[str, Any]] = []
+    for seed, recall in bar:
+        bar.set_postfix(seed=seed, recall=recall)
+        base = _seed_base(exp, root, seed, progress)
+        first = recall == recalls[0]
+        methods = [m for m in exp.methods if first or m != "no_defense"]
+        if not methods:
+            continue
+        cfg = _cell_cfg(exp, seed, recall, methods)
+        cell = Run(cfg, root / f"seed{seed}" / f"recall{recall:g}", progress)
+        # The data files and their stage key come from the seed's base run.
+        for name in ("train", "eval_toxic", "eval_benign"):
+            dst = cell.dir / "data" / f"{name}.jsonl"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(base.dir / "data" / f"{name}.jsonl", dst)
+        cell.done("data", base.keys["data"])
+        paths = stage_data(cell)
+        scan = stage_scan(cell, paths["train"], base_scan=base.dir / "scan.jsonl")
+        heal = None
+        if any(METHOD_PLAN[m][0] == "healed" for m in methods):
+            heal = stage_heal(cell, scan, cache=base.dir / "heal.jsonl")
+        adapters = stage_train(cell, scan, heal)
+        results = stage_evaluate(cell, adapters, paths["eval_toxic"], paths["eval_benign"])
+        det = detector_quality(scan, cfg.scan.threshold, cfg.scan.detector) or {}
+        for method, m in results.items():
+            rows.append(
+                {
+                    "seed": seed,
+                    "recall_target": recall,
+                    "detector_recall": det.get("recall"),
+                    "detector_precision": det.get("precision"),
+                    "flagged": det.get("flagged"),
+                    "method": method,
+                    **{k: m.get(k) for k in METRIC_KEYS},
+                }
+            )
+        if exp.attacks and first:
+            attack_rows += attack_table(base, seed)
+    # no_defense does not depend on the detector: repeat its row at every recall
+    for r in list(rows):
+        if r["method"] == "no_defense":
+            for recall in recalls[1:]:
+                rows.append(
+                    {
+                        **r,
+                        "recall_target": recall,
+                        "detector_recall": None,
+                        "detector_precision": None,
+                        "flagged": None,
+                    }
+                )
+    rows.sort(key=lambda r: (r["seed"], -r["recall_target"], exp.methods.index(r["method"])))
+    summary = summarise(rows, exp.methods, recalls)
+    out = {
+        "name": exp.name,
+        "rows": rows,
+        "summary": summary,
+        "attacks": attack_rows,
+        "config": exp.model_dump(),
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json(root / "results.json", out)
+    with atomic_path(root / "results.csv") as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    from optimus.report.experiment import render_experiment
+
+    with atomic_path(root / "report.html") as tmp:
+        tmp.write_text(render_experiment(out), encoding="utf-8")
+    return rows
+
+
+def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> list[dict]:
+    """Mean and sample standard deviation over seeds per (recall, method)."""
+    out = []
+    for recall in recalls:
+        for method in methods:
+            group = [r for r in rows if r["method"] == method and r["recall_target"] == recall]
+            if not group:
+                continue
+            entry: dict[str, Any] = {"recall_target": recall, "method": method, "seeds": len(group)}
+            for k in (*METRIC_KEYS, "detector_recall"):
+                vals = [r[k] for r in group if r.get(k) is not None]
+                entry[k] = statistics.fmean(vals) if vals else None
+                entry[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+            out.append(entry)
+    return out
+
+
+def attack_table(base: Run, seed: int) -> list[dict[str, Any]]:
+    """Share of caught toxic training samples that an adaptive attack lets through.
+
+    Uses the experiment's (unweakened) scan detector on the toxic samples it flags,
+    rewritten by each jailbreak suffix and perturbation from ``optimus.data.attacks``.
+    """
+    try:
+        from optimus.data import attacks
+    except ImportError:
+        return []
+    from optimus.pipeline import load
+
+    samples = load(base.dir / "data" / "train.jsonl")
+    recs = read_jsonl(base.dir / "scan.jsonl")
+    caught = [s for s, r in zip(samples, recs) if s.label == 1 and r["flagged"]]
+    if not caught:
+        return []
+    det = base.detector()
+    rows = []
+    variants: list[tuple[str, Any]] = [
+        (f"jailbreak:{name}", lambda ss, n=name: attacks.jailbreak_suffix(ss, n, seed))
+        for name in attacks.JAILBREAKS
+    ] + [
+        (f"perturb:{name}", lambda ss, n=name: attacks.perturb(ss, n, 0.5, seed))
+        for name in attacks.PERTURBATIONS
+        if name != "paraphrase"
+    ]
+    for name, fn in variants:
+        attacked = fn(caught)
+        scores = det.score(attacked)
+        passed = sum(x < det.threshold for x in scores)
+        rows.append(
+            {
+                "seed": seed,
+                "attack": name,
+                "caught_before": len(caught),
+                "pass_after": passed,
+                "success_rate": passed / len(caught),
+            }
+        )
+    base._engines.clear()
+    base._detector = None
+    return rows
+
+
+def print_summary(summary: list[dict]) -> list[list[str]]:
+    rows = [["recall", "method", "RTR toxic", "RTR benign", "perplexity", "similarity"]]
+    for e in summary:
+
+        def f(k: str, e: dict = e) -> str:
+            v, sd = e.get(k), e.get(k + "_std")
+            if v is None:
+                return "n/a"
+            return f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+        rows.append(
+            [
+                f"{e['recall_target']:g}",
+                e["method"],
+                f("rtr_toxic"),
+                f("rtr_benign"),
+                f("perplexity"),
+                f("similarity"),
+            ]
+        )
+    return rows
+
+
+__all__ = ["ExperimentConfig", "load_experiment", "run_experiment"]

@@ -1,0 +1,117 @@
+"""HTML page for an experiment sweep: RTR-vs-recall per method, utility, attacks."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+import yaml
+
+from optimus.report.html import _fmt, _table
+
+
+def _rtr_plot(summary: list[dict[str, Any]]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=110, sharey=True)
+    methods = list(dict.fromkeys(e["method"] for e in summary))
+    for ax, key, title in (
+        (axes[0], "rtr_toxic", "toxic contexts"),
+        (axes[1], "rtr_benign", "benign contexts"),
+    ):
+        for m in methods:
+            pts = sorted(
+                (e["recall_target"], e[key], e.get(key + "_std") or 0.0)
+                for e in summary
+                if e["method"] == m and e[key] is not None
+            )
+            if pts:
+                xs, ys, sd = zip(*pts)
+                ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=m)
+        ax.set_xlabel("detector recall (target)")
+        ax.set_title(f"RTR on {title}")
+        ax.invert_xaxis()
+    axes[0].set_ylabel("response toxicity rate")
+    axes[1].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def render_experiment(res: dict[str, Any]) -> str:
+    summary = res["summary"]
+    util = [
+        [
+            "recall",
+            "method",
+            "seeds",
+            "RTR toxic",
+            "RTR benign",
+            "perplexity",
+            "similarity",
+            "over-refusal",
+            "distinct-2",
+            "detector recall",
+        ]
+    ]
+    for e in summary:
+        util.append(
+            [f"{e['recall_target']:g}", e["method"], str(e["seeds"])]
+            + [
+                _fmt(e.get(k)) + (f" ± {_fmt(e[k + '_std'])}" if e.get(k + "_std") else "")
+                for k in (
+                    "rtr_toxic",
+                    "rtr_benign",
+                    "perplexity",
+                    "similarity",
+                    "over_refusal",
+                    "distinct_2",
+                    "detector_recall",
+                )
+            ]
+        )
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Optimus experiment</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
+        "padding:3px 7px;text-align:right}pre{background:#f6f6f6;padding:1em}</style>"
+        "</head><body>",
+        f"<h1>Optimus experiment: {html.escape(res['name'])}</h1>",
+        "<p>RTR: share of generated replies the independent evaluator scores toxic (lower is "
+        "better). Mean ± standard deviation over seeds. The detector is weakened on purpose "
+        "to each target recall (METHOD.md); no_defense ignores it.</p>",
+        f"<img alt='RTR vs recall' src='data:image/png;base64,{_rtr_plot(summary)}'>",
+        "<h2>Toxicity and utility</h2>",
+        _table(util),
+    ]
+    if res.get("attacks"):
+        at = [["seed", "attack", "caught before", "pass after", "success rate"]]
+        at += [
+            [
+                str(a["seed"]),
+                a["attack"],
+                str(a["caught_before"]),
+                str(a["pass_after"]),
+                _fmt(a["success_rate"]),
+            ]
+            for a in res["attacks"]
+        ]
+        parts += [
+            "<h2>Adaptive attacks on the detector</h2>",
+            "<p>Toxic training samples the detector caught, rewritten by each attack; "
+            "success = share that then passes unflagged.</p>",
+            _table(at),
+        ]
+    parts += [
+        "<h2>Config</h2>",
+        f"<pre>{html.escape(yaml.safe_dump(res['config'], sort_keys=False))}</pre>",
+        f"<p>Wall time: {res['seconds']} s</p></body></html>",
+    ]
+    return "\n".join(parts)
