@@ -8,6 +8,7 @@ padded batch computes exactly what each prompt alone would.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 
@@ -109,20 +110,60 @@ class TransformersEngine:
         return ids[-self.max_length :]
 
     # ---- scoring -----------------------------------------------------------------
+    @staticmethod
+    def common_prefix(prompts: list[list[int]]) -> int:
+        """Length of the token prefix every prompt shares."""
+        if not prompts:
+            return 0
+        first, n = prompts[0], min(len(p) for p in prompts)
+        for k in range(n):
+            if any(p[k] != first[k] for p in prompts):
+                return k
+        return n
+
     @torch.inference_mode()
-    def next_token_probs(self, prompts: list[list[int]], token_sets: list[list[int]]) -> np.ndarray:
+    def next_token_probs(
+        self,
+        prompts: list[list[int]],
+        token_sets: list[list[int]],
+        prefix_cache: bool = True,
+    ) -> np.ndarray:
         """P(next token in each set) for each prompt: shape (n_prompts, n_sets).
 
         One forward pass per batch and only the last position's logits are computed
         (``logits_to_keep=1``): the LM head over a 49k vocabulary dominates small
-        models, so skipping it for all earlier positions is most of the speed.
+        models, so skipping it for all earlier positions is most of the speed. With
+        ``prefix_cache`` the prompts' common prefix (a judge's system message and
+        instructions) is run once and its KV cache reused by every batch; the suffixes
+        sit after it with any padding in between masked out.
         """
         prompts = [self._fit(p) for p in prompts]
         out = np.zeros((len(prompts), len(token_sets)), dtype=np.float64)
-        for batch in self._iter([len(p) for p in prompts], "score"):
-            ids, mask, pos = self._pad([prompts[i] for i in batch])
+        plen = self.common_prefix(prompts) if prefix_cache and len(prompts) > 1 else 0
+        plen = min(plen, min((len(p) for p in prompts), default=1) - 1)
+        cache = None
+        if plen >= 16:
+            pre = torch.tensor([prompts[0][:plen]], device=self.device)
+            cache = self.model(input_ids=pre, use_cache=True).past_key_values
+        else:
+            plen = 0
+        for batch in self._iter([len(p) - plen for p in prompts], "score"):
+            ids, mask, pos = self._pad([prompts[i][plen:] for i in batch])
+            kwargs = {}
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch))
+                ones = torch.ones((len(batch), plen), dtype=mask.dtype, device=mask.device)
+                mask = torch.cat([ones, mask], dim=1)
+                pos = pos + plen
+                kwargs["past_key_values"] = past
             logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                logits_to_keep=1,
+                use_cache=cache is not None,
+                **kwargs,
             ).logits[:, -1, :]
             probs = torch.softmax(logits.float(), dim=-1)
             for k, tset in enumerate(token_sets):
