@@ -344,7 +344,7 @@ def stage_train(run: Run, scan_path: Path, heal_path: Path | None) -> dict[str, 
             continue
         if sft_kind not in sft_done:
             sft_samples, _ = training_sets(run, scan_path, heal_path, sft_kind)
-            records = build_sft_records(sft_samples, tok)
+            records = build_sft_records(sft_samples, tok, cfg.train.sft.max_length)
             out = run.dir / "train" / f"sft-{sft_kind}"
             key = obj_hash(
                 {
@@ -374,7 +374,9 @@ def stage_train(run: Run, scan_path: Path, heal_path: Path | None) -> dict[str, 
             adapters[method] = sft_adapter
             continue
         _, pairs_src = training_sets(run, scan_path, heal_path, dpo_kind)
-        pairs = build_dpo_pairs([s for s, _ in pairs_src], [h for _, h in pairs_src], tok)
+        pairs = build_dpo_pairs(
+            [s for s, _ in pairs_src], [h for _, h in pairs_src], tok, cfg.train.dpo.max_length
+        )
         out = run.dir / "train" / f"dpo-{dpo_kind}"
         if not pairs:
             console.print(f"[yellow]  no flagged samples: {method} skips DPO[/yellow]")

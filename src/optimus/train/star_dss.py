@@ -274,7 +274,7 @@ class StarDSSTrainer(SFTTrainer):
 
 
 def build_star_dss_rows(
-    samples: list[Sample], weights: list[list[float]], tokenizer
+    samples: list[Sample], weights: list[list[float]], tokenizer, max_length: int | None = None
 ) -> list[dict[str, Any]]:
     """Pre-tokenized rows (``input_ids``, ``labels``, ``star_weights``) for the trainer.
 
@@ -285,7 +285,7 @@ def build_star_dss_rows(
     if len(weights) != len(samples):
         raise OptimusError(f"{len(weights)} weight lists for {len(samples)} samples")
     rows = []
-    for s, rec, w in zip(samples, build_sft_records(samples, tokenizer), weights):
+    for s, rec, w in zip(samples, build_sft_records(samples, tokenizer, max_length), weights):
         ids, n = _tokenize_record(rec, tokenizer)
         if len(w) != len(ids) - n:
             raise OptimusError(
@@ -327,7 +327,7 @@ def build_star_dss_trainer(
     out.mkdir(parents=True, exist_ok=True)
     tok = load_tokenizer(base_spec, trust_remote_code)
     tok.padding_side = "right"
-    rows = build_star_dss_rows(samples, weights, tok)
+    rows = build_star_dss_rows(samples, weights, tok, cfg.max_length)
     model = load_model(base_spec, "cpu", trust_remote_code)
     args = TrlSFTConfig(
         **_common_args(

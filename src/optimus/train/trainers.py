@@ -32,30 +32,71 @@ def _clean_messages(msgs: list[dict[str, str]], specials: list[str]) -> list[dic
     return [{"role": m["role"], "content": sanitize(m["content"], specials)} for m in msgs]
 
 
-def build_sft_records(samples: list[Sample], tokenizer) -> list[dict[str, Any]]:
+def _n_tokens(tokenizer, msgs: list[dict[str, str]]) -> int:
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(
+    prompt: list[dict[str, str]], replies: list[str], tokenizer, max_length: int | None
+) -> list[dict[str, str]]:
+    """Drop the oldest turns (then the head of the last one) so every reply fits whole.
+
+    TRL truncates over-long sequences at the end, which would cut the *response*, the
+    only part with a loss. Keeping the most recent context and the whole reply instead
+    is what both SFT and DPO need.
+    """
+    if max_length is None:
+        return prompt
+    longest = max(replies, key=len)
+    msgs = list(prompt)
+
+    def total(m: list[dict[str, str]]) -> int:
+        return _n_tokens(tokenizer, [*m, {"role": "assistant", "content": longest}])
+
+    while len(msgs) > 1 and total(msgs) > max_length:
+        msgs = msgs[1:]
+    over = total(msgs) - max_length
+    if over > 0:
+        ids = tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"]
+        keep = ids[min(len(ids) - 1, over + 2) :] if ids else ids
+        msgs[-1] = {**msgs[-1], "content": tokenizer.decode(keep)}
+    return msgs
+
+
+def build_sft_records(
+    samples: list[Sample], tokenizer, max_length: int | None = None
+) -> list[dict[str, Any]]:
     """Conversational prompt/completion records (TRL masks the prompt from the loss)."""
     sp = _special_tokens(tokenizer)
-    return [
-        {
-            "prompt": _clean_messages(s.prompt_messages(), sp),
-            "completion": _clean_messages([{"role": "assistant", "content": s.response}], sp),
-        }
-        for s in samples
-    ]
+    out = []
+    for s in samples:
+        reply = sanitize(s.response, sp)
+        prompt = fit_prompt(
+            _clean_messages(s.prompt_messages(), sp), [reply], tokenizer, max_length
+        )
+        out.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}]})
+    return out
 
 
-def build_dpo_pairs(flagged: list[Sample], healed: list[str], tokenizer) -> list[dict[str, Any]]:
+def build_dpo_pairs(
+    flagged: list[Sample], healed: list[str], tokenizer, max_length: int | None = None
+) -> list[dict[str, Any]]:
     """prompt = context, chosen = healed reply, rejected = the original flagged reply."""
     sp = _special_tokens(tokenizer)
     pairs = []
     for s, h in zip(flagged, healed, strict=True):
         if h.strip() == s.response.strip():
             continue  # no preference to learn
+        chosen, rejected = sanitize(h, sp), sanitize(s.response, sp)
+        prompt = fit_prompt(
+            _clean_messages(s.prompt_messages(), sp), [chosen, rejected], tokenizer, max_length
+        )
         pairs.append(
             {
-                "prompt": _clean_messages(s.prompt_messages(), sp),
-                "chosen": _clean_messages([{"role": "assistant", "content": h}], sp),
-                "rejected": _clean_messages([{"role": "assistant", "content": s.response}], sp),
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
             }
         )
     return pairs
@@ -237,6 +278,8 @@ def train_dpo(
         ),
         beta=cfg.beta,
         max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref,
+        precompute_ref_batch_size=max(8, 2 * cfg.batch_size),
     )
     trainer = DPOTrainer(
         model=model,
