@@ -159,6 +159,16 @@ def _use_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
+def _check_data(trainer, stage: str, max_length: int) -> None:
+    if len(trainer.train_dataset) == 0:
+        from optimus.errors import OptimusError
+
+        raise OptimusError(
+            f"{stage}: no training example fits max_length={max_length} (raise train.{stage}."
+            "max_length)"
+        )
+
+
 def _finish(trainer, out: Path, card: dict[str, Any]) -> Path:
     """Save the adapter atomically, drop checkpoints, write a small model card."""
     final = out / "adapter"
@@ -288,6 +298,7 @@ def train_dpo(
         train_dataset=Dataset.from_list(pairs),
         processing_class=tok,
     )
+    _check_data(trainer, "dpo", cfg.max_length)
     trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     card = {
         "stage": "DPO",
