@@ -240,6 +240,7 @@ def train_sft(
         processing_class=tok,
         peft_config=_lora(cfg.lora),
     )
+    _check_data(trainer, "sft", cfg.max_length)
     trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     card = {
         "stage": "SFT",
