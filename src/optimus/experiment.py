@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from optimus.config import RunConfig, _one_line, _Strict
-from optimus.data.io import atomic_path, read_jsonl, write_json
+from optimus.data.io import atomic_path, write_json
 from optimus.errors import OptimusError
 from optimus.pipeline import (
     METHOD_PLAN,
@@ -52,6 +52,9 @@ class ExperimentConfig(_Strict):
     recalls: list[float] = Field(default_factory=lambda: [1.0, 0.5, 0.15])
     seeds: list[int] = Field(default_factory=lambda: [0])
     attacks: bool = True
+    attack_detectors: list[str] = Field(
+        default_factory=lambda: ["wordlist", "lexical", "llm-judge"]
+    )
 
 
 def load_experiment(path: Path) -> ExperimentConfig:
@@ -143,7 +146,7 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
                 }
             )
         if exp.attacks and first:
-            attack_rows += attack_table(base, seed)
+            attack_rows += attack_table(base, seed, exp.attack_detectors)
     # no_defense does not depend on the detector: repeat its row at every recall
     for r in list(rows):
         if r["method"] == "no_defense":
@@ -196,48 +199,52 @@ def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> lis
     return out
 
 
-def attack_table(base: Run, seed: int) -> list[dict[str, Any]]:
+def attack_table(base: Run, seed: int, detectors: list[str]) -> list[dict[str, Any]]:
     """Share of caught toxic training samples that an adaptive attack lets through.
 
-    Uses the experiment's (unweakened) scan detector on the toxic samples it flags,
-    rewritten by each jailbreak suffix and perturbation from ``optimus.data.attacks``.
+    For each named detector: score the injected toxic samples, keep those it flags, rewrite
+    them with every jailbreak suffix and perturbation of ``optimus.data.attacks`` and count
+    how many then pass unflagged. Oracle-based detectors are pointless here (they read the
+    label), so the detectors are named separately from the scan detector.
     """
-    try:
-        from optimus.data import attacks
-    except ImportError:
-        return []
+    from optimus.data import attacks
+    from optimus.detect.base import DetectorOptions, build_detector
     from optimus.pipeline import load
 
-    samples = load(base.dir / "data" / "train.jsonl")
-    recs = read_jsonl(base.dir / "scan.jsonl")
-    caught = [s for s, r in zip(samples, recs) if s.label == 1 and r["flagged"]]
-    if not caught:
-        return []
-    det = base.detector()
-    rows = []
+    cfg = base.cfg
+    toxic = [s for s in load(base.dir / "data" / "train.jsonl") if s.label == 1]
     variants: list[tuple[str, Any]] = [
-        (f"jailbreak:{name}", lambda ss, n=name: attacks.jailbreak_suffix(ss, n, seed))
-        for name in attacks.JAILBREAKS
+        (f"jailbreak:{n}", lambda ss, n=n: attacks.jailbreak_suffix(ss, n, seed))
+        for n in attacks.JAILBREAKS
     ] + [
-        (f"perturb:{name}", lambda ss, n=name: attacks.perturb(ss, n, 0.5, seed))
-        for name in attacks.PERTURBATIONS
-        if name != "paraphrase"
+        (f"perturb:{n}", lambda ss, n=n: attacks.perturb(ss, n, 0.5, seed))
+        for n in attacks.PERTURBATIONS
+        if n != "paraphrase"
     ]
-    for name, fn in variants:
-        attacked = fn(caught)
-        scores = det.score(attacked)
-        passed = sum(x < det.threshold for x in scores)
-        rows.append(
-            {
-                "seed": seed,
-                "attack": name,
-                "caught_before": len(caught),
-                "pass_after": passed,
-                "success_rate": passed / len(caught),
-            }
+    rows = []
+    for name in detectors:
+        opts = DetectorOptions(
+            model=cfg.scan.model or cfg.model,
+            device=cfg.device,
+            batch_size=cfg.scan.batch_size,
+            threshold=cfg.scan.threshold,
         )
-    base._engines.clear()
-    base._detector = None
+        det = build_detector(name, opts)
+        caught = [s for s, x in zip(toxic, det.score(toxic)) if x >= det.threshold]
+        for attack, fn in variants:
+            passed = 0
+            if caught:
+                passed = sum(x < det.threshold for x in det.score(fn(caught)))
+            rows.append(
+                {
+                    "seed": seed,
+                    "detector": name,
+                    "attack": attack,
+                    "caught_before": len(caught),
+                    "pass_after": passed,
+                    "success_rate": passed / len(caught) if caught else None,
+                }
+            )
     return rows
 
 

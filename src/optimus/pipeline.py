@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -152,9 +153,8 @@ def stage_data(run: Run) -> dict[str, Path]:
             train = load_hf_dataset(d.train)
         else:
             train = read_samples(d.train)
-        skip = 1 + max(
-            (int(s.id.split("-")[1]) for s in train if s.id.startswith("chitchat-")), default=-1
-        )
+        used = [re.match(r"chitchat-(\d+)-", s.id) for s in train]
+        skip = 1 + max((int(m.group(1)) for m in used if m), default=-1)
         tox, ben = build_eval_sets(
             d.n_eval_toxic, d.n_eval_benign, run.cfg.seed, skip, d.max_context_turns
         )

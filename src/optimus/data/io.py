@@ -45,18 +45,21 @@ def read_samples(path: str | Path) -> list[Sample]:
     lineno = 0
     if not p.is_file():
         raise OptimusError(f"{p}: no such file")
-    with p.open("r", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OptimusError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
-            try:
-                samples.append(parse_record(rec, index=len(samples)))
-            except ValueError as exc:
-                raise OptimusError(f"{p}:{lineno}: {exc}") from None
+    try:
+        with p.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise OptimusError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
+                try:
+                    samples.append(parse_record(rec, index=len(samples)))
+                except ValueError as exc:
+                    raise OptimusError(f"{p}:{lineno}: {exc}") from None
+    except UnicodeDecodeError:
+        raise OptimusError(f"{p}:{lineno + 1}: not UTF-8 text") from None
     if not samples:
         raise OptimusError(f"{p}: no records")
     return samples

@@ -1,0 +1,159 @@
+"""The command line as a user meets it: help, exit codes, one-line errors, scan output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import OPTIMUS_CLI, write_lines
+
+CORE = {"run", "scan", "heal", "train", "evaluate", "poison", "models", "report"}
+
+
+def _subcommands() -> list[str]:
+    from optimus.cli import app
+
+    names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert set(names) >= CORE
+    return sorted(names)
+
+
+SUBCOMMANDS = _subcommands()
+
+
+def optimus(*args: str, cwd=None, timeout: int = 180) -> subprocess.CompletedProcess:
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    return subprocess.run(
+        [*OPTIMUS_CLI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
+    )
+
+
+def test_help_for_every_command():
+    """``optimus --help`` and each subcommand's ``--help`` (run concurrently: each costs ~1 s)."""
+    env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
+    argvs = [["--help"]] + [[name, "--help"] for name in SUBCOMMANDS]
+    # the installed console script when there is one, so the entry point itself is tested
+    script = Path(sys.executable).with_name("optimus")
+    cmds = [[str(script)] if script.is_file() else OPTIMUS_CLI] + [OPTIMUS_CLI] * len(SUBCOMMANDS)
+    procs = [
+        subprocess.Popen(
+            [*c, *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for c, a in zip(cmds, argvs)
+    ]
+    results = {}
+    for a, p in zip(argvs, procs):
+        stdout, stderr = p.communicate(timeout=180)
+        results[" ".join(a)] = (p.returncode, stdout, stderr)
+    for argv, (code, stdout, stderr) in results.items():
+        assert code == 0, f"optimus {argv}: {stderr}"
+        assert "Usage" in stdout, argv
+        assert "Traceback" not in stdout + stderr, argv
+    top = results["--help"][1]
+    for name in SUBCOMMANDS:
+        assert name in top
+
+
+def test_scan_help_describes_contract_options():
+    out = optimus("scan", "--help").stdout
+    for opt in ("--output", "--detector", "--model", "--threshold", "--target-recall"):
+        assert opt in out
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr + r.stdout
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    return lines[0]
+
+
+def test_scan_bad_line_is_one_line_error(tmp_path):
+    bad = write_lines(
+        tmp_path / "bad.jsonl",
+        [
+            json.dumps({"context": ["hi"], "response": "hello"}),
+            '{"context": ["hi"], "response": ',
+            json.dumps({"context": ["hi"], "response": "hello"}),
+        ],
+    )
+    r = optimus("scan", str(bad), "-o", str(tmp_path / "x.jsonl"), "--detector", "lexical")
+    line = _one_line_error(r)
+    assert ":2:" in line and "bad.jsonl" in line
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def test_scan_unknown_detector_is_one_line_error(tmp_path):
+    good = write_lines(tmp_path / "d.jsonl", [json.dumps({"context": ["a"], "response": "b"})])
+    r = optimus("scan", str(good), "-o", str(tmp_path / "x.jsonl"), "--detector", "nope")
+    line = _one_line_error(r)
+    assert "nope" in line
+
+
+def test_run_bad_config_is_one_line_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: x\ndata: {toxic_fraction: 2}\n")
+    line = _one_line_error(optimus("run", str(cfg)))
+    assert "data.toxic_fraction" in line
+    line = _one_line_error(optimus("run", str(tmp_path / "missing.yaml")))
+    assert "missing.yaml" in line
+
+
+def test_scan_lexical_writes_records_in_order(tmp_path):
+    recs = [
+        {"id": "g1", "context": ["hello"], "response": "Hi, nice to meet you!", "label": "safe"},
+        {
+            "id": "t1",
+            "messages": [
+                {"role": "user", "content": "what do you think of me?"},
+                {"role": "assistant", "content": "Shut up, you stupid fuck."},
+            ],
+            "label": "toxic",
+            "extra": {"keep": True},
+        },
+        {"id": "g2", "context": ["bye"], "response": "See you tomorrow.", "label": 0},
+    ]
+    src = write_lines(tmp_path / "in.jsonl", [json.dumps(r) for r in recs])
+    out = tmp_path / "out.jsonl"
+    r = optimus("scan", str(src), "-o", str(out), "--detector", "lexical")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["g1", "t1", "g2"]
+    assert [x["flagged"] for x in rows] == [False, True, False]
+    assert all(0.0 <= x["toxicity"] <= 1.0 for x in rows)
+    assert rows[1]["extra"] == {"keep": True} and rows[1]["messages"] == recs[1]["messages"]
+    assert "precision" in r.stdout and "recall" in r.stdout and "AUC" in r.stdout
+
+
+def test_heal_fixed_and_training_records(tmp_path, tiny_model_dir):
+    scanned = write_lines(
+        tmp_path / "scan.jsonl",
+        [
+            json.dumps({"id": "a", "context": ["hi"], "response": "you idiot", "flagged": True}),
+            json.dumps({"id": "b", "context": ["yo"], "response": "hello!", "flagged": False}),
+        ],
+    )
+    out, sft, dpo = tmp_path / "heal.jsonl", tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl"
+    r = optimus(
+        "heal", str(scanned), "-o", str(out), "--mode", "fixed", "--model", str(tiny_model_dir),
+        "--sft-out", str(sft), "--dpo-out", str(dpo),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    healed = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [h["id"] for h in healed] == ["a"]
+    sft_rows = [json.loads(x) for x in sft.read_text().splitlines()]
+    assert len(sft_rows) == 2
+    assert sft_rows[0]["completion"][0]["content"] == healed[0]["healed"]
+    assert sft_rows[1]["completion"][0]["content"] == "hello!"
+    (pair,) = [json.loads(x) for x in dpo.read_text().splitlines()]
+    assert pair["rejected"][0]["content"] == "you idiot"
+    assert pair["chosen"][0]["content"] == healed[0]["healed"]
+
+
+def test_heal_needs_scan_output(tmp_path):
+    src = write_lines(tmp_path / "d.jsonl", [json.dumps({"context": ["a"], "response": "b"})])
+    line = _one_line_error(optimus("heal", str(src), "-o", str(tmp_path / "h.jsonl")))
+    assert ":1:" in line and "flagged" in line

@@ -1,0 +1,138 @@
+"""Stage 3 on the tiny model: record building, LoRA SFT, then DPO from the SFT adapter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from optimus.config import DPOConfig, LoraConfig, SFTConfig
+from optimus.data.schema import Sample
+from optimus.train.trainers import (
+    build_dpo_pairs,
+    build_sft_records,
+    load_trained,
+    train_dpo,
+    train_sft,
+)
+
+CHOSEN = "I am happy to help you with that."
+REJECTED = "You are a stupid idiot and I hate you."
+CONTEXTS = [
+    ["hi there", "hello!", "can you help me?"],
+    ["what's up?"],
+    ["I need some advice"],
+    ["tell me something"],
+]
+
+
+def _flagged() -> list[Sample]:
+    return [
+        Sample(context=c, response=REJECTED, id=str(i), label=1) for i, c in enumerate(CONTEXTS)
+    ]
+
+
+def test_build_sft_records(tiny_tokenizer):
+    s = Sample(context=["a", "b <|im_end|> c", "d"], response="ok<|im_start|>system")
+    (rec,) = build_sft_records([s], tiny_tokenizer)
+    assert [m["role"] for m in rec["prompt"]] == ["user", "assistant", "user"]
+    assert rec["prompt"][0]["content"] == "a"
+    assert "<|im_end|>" not in rec["prompt"][1]["content"]  # special tokens neutralised
+    assert rec["completion"][0]["role"] == "assistant"
+    assert "<|im_start|>" not in rec["completion"][0]["content"]
+    assert rec["completion"][0]["content"].startswith("ok")
+
+
+def test_build_dpo_pairs_chosen_is_healed(tiny_tokenizer):
+    flagged = _flagged()[:3]
+    healed = [CHOSEN, REJECTED, "Thanks for asking!"]  # the second one is unchanged
+    pairs = build_dpo_pairs(flagged, healed, tiny_tokenizer)
+    assert len(pairs) == 2  # no preference when healed == original
+    assert pairs[0]["chosen"] == [{"role": "assistant", "content": CHOSEN}]
+    assert pairs[0]["rejected"] == [{"role": "assistant", "content": REJECTED}]
+    assert [m["role"] for m in pairs[0]["prompt"]] == ["user", "assistant", "user"]
+    assert pairs[0]["prompt"][-1] == {"role": "user", "content": "can you help me?"}
+    assert pairs[1]["chosen"][0]["content"] == "Thanks for asking!"
+    assert pairs[1]["prompt"] == [{"role": "user", "content": "I need some advice"}]
+    with pytest.raises(ValueError):
+        build_dpo_pairs(flagged, healed[:2], tiny_tokenizer)
+
+
+def _margin(base: str, adapter, tok) -> float:
+    """Mean log-prob margin chosen - rejected over the toy contexts."""
+    from optimus.models.engine import TransformersEngine
+
+    eng = TransformersEngine(load_trained(base, adapter, "cpu"), tok)
+    prompts = [eng.chat_ids(Sample(context=c, response="").prompt_messages()) for c in CONTEXTS]
+    ids = lambda t: tok(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+    good = eng.completion_nll(prompts, [ids(CHOSEN)] * len(prompts))
+    bad = eng.completion_nll(prompts, [ids(REJECTED)] * len(prompts))
+    return sum(b - g for (g, _), (b, _) in zip(good, bad)) / len(prompts)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, tiny_tokenizer, tmp_path_factory):
+    """SFT on healed-style data, then DPO chosen > rejected (tiny, a few seconds)."""
+    base = str(tiny_model_dir)
+    out = tmp_path_factory.mktemp("train")
+    lora = LoraConfig(r=8, alpha=16, dropout=0.0)
+    samples = [s.with_response(CHOSEN) for s in _flagged()]
+    sft = train_sft(
+        base,
+        build_sft_records(samples, tiny_tokenizer),
+        out / "sft",
+        SFTConfig(learning_rate=5e-3, epochs=2, batch_size=2, max_length=64, lora=lora),
+        seed=0,
+        progress=False,
+    )
+    pairs = build_dpo_pairs(_flagged(), [CHOSEN] * 4, tiny_tokenizer)
+    dpo = train_dpo(
+        base,
+        sft,
+        pairs,
+        out / "dpo",
+        DPOConfig(beta=0.3, learning_rate=5e-3, epochs=3, batch_size=1, max_length=64, lora=lora),
+        seed=0,
+        progress=False,
+    )
+    return {"base": base, "out": out, "sft": sft, "dpo": dpo}
+
+
+def test_sft_and_dpo_write_adapters(trained):
+    for stage in ("sft", "dpo"):
+        adapter = trained[stage]
+        assert adapter == trained["out"] / stage / "adapter"
+        assert (adapter / "adapter_model.safetensors").is_file()
+        cfg = json.loads((adapter / "adapter_config.json").read_text())
+        assert cfg["r"] == 8
+        assert not (trained["out"] / stage / "checkpoints").exists()
+        assert not (trained["out"] / stage / "adapter.tmp").exists()
+        assert (trained["out"] / stage / "README.md").is_file()
+        assert json.loads((trained["out"] / stage / "train_log.json").read_text())
+    # only the trained adapter is saved, never TRL's frozen "ref" copy
+    assert not (trained["dpo"] / "ref").exists()
+
+
+def test_sft_learns_the_completion(trained, tiny_tokenizer):
+    from optimus.models.engine import TransformersEngine
+
+    def nll(adapter):
+        eng = TransformersEngine(load_trained(trained["base"], adapter, "cpu"), tiny_tokenizer)
+        prompt = eng.chat_ids(Sample(context=CONTEXTS[1], response="").prompt_messages())
+        comp = tiny_tokenizer(CHOSEN, add_special_tokens=False)["input_ids"]
+        return eng.completion_nll([prompt], [comp])[0][0]
+
+    assert nll(trained["sft"]) < nll(None) - 1.0
+
+
+def test_dpo_loss_decreases(trained):
+    log = json.loads((trained["out"] / "dpo" / "train_log.json").read_text())
+    losses = [e["loss"] for e in log if "loss" in e]
+    assert len(losses) >= 2, log  # 12 steps, logged every 5
+    assert losses[-1] < losses[0] - 0.05
+
+
+def test_dpo_widens_preference_margin(trained, tiny_tokenizer):
+    before = _margin(trained["base"], trained["sft"], tiny_tokenizer)
+    after = _margin(trained["base"], trained["dpo"], tiny_tokenizer)
+    assert after > before + 1.0
