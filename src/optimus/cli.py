@@ -153,7 +153,6 @@ def scan(
     from optimus.data.io import read_samples, write_jsonl
     from optimus.detect.base import DetectorOptions, build_detector
     from optimus.detect.metrics import classification_metrics, fmt
-    from optimus.pipeline import scan_samples
 
     samples = read_samples(input)
     det = build_detector(
@@ -167,7 +166,23 @@ def scan(
             threshold=threshold,
         ),
     )
-    scores = scan_samples(samples, det, target_recall, category)
+    from optimus.detect.ensemble import weaken_scores
+    from optimus.distributed import is_main_process, sharded_map
+    from optimus.pipeline import file_hash, obj_hash
+
+    key = obj_hash([file_hash(input), detector, model, threshold, paraphrases, max_prompt_tokens])
+    scores = sharded_map(samples, det.score, output, key)
+    if target_recall is not None:
+        scores = weaken_scores(
+            scores,
+            [s.label for s in samples],
+            target_recall,
+            threshold,
+            [s.category for s in samples],
+            category,
+        )
+    if not is_main_process():
+        return
     write_jsonl(
         output,
         [
@@ -250,7 +265,17 @@ def heal(
             retries,
             seed,
         )
-    results = healer.heal(flagged)
+    from optimus.distributed import is_main_process, sharded_map
+    from optimus.heal.healer import HealResult
+    from optimus.pipeline import file_hash, obj_hash
+
+    key = obj_hash(
+        [file_hash(input), mode, spec, detector, threshold, retries, top_p, max_new_tokens, seed]
+    )
+    rows = sharded_map(flagged, lambda xs: [r.__dict__ for r in healer.heal(xs)], output, key)
+    results = [HealResult(**r) for r in rows]
+    if not is_main_process():
+        return
     write_jsonl(
         output,
         [{**s.record, "healed": r.reply, "heal": r.__dict__} for s, r in zip(flagged, results)],

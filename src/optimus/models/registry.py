@@ -126,7 +126,10 @@ def pick_device(device: str = "auto") -> str:
 
     if device != "auto":
         return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return "cpu"
+    # one GPU per process under `accelerate launch` / torchrun
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
 def load_model(spec: str, device: str = "auto", trust_remote_code: bool = False, dtype=None):
