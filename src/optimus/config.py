@@ -124,6 +124,7 @@ class RunConfig(_Strict):
     seed: int = 0
     model: str = BUNDLED_MODEL
     device: str = "auto"
+    engine: Literal["auto", "transformers", "vllm"] = "auto"  # inference (scan, heal)
     trust_remote_code: bool = False
     methods: list[Method] = ["no_defense", "optimus"]
     data: DataConfig = DataConfig()

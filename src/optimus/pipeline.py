@@ -97,13 +97,15 @@ class Run:
     # ---- shared resources ----------------------------------------------------------
     def engine(self, spec: str):
         if spec not in self._engines:
-            from optimus.models.engine import TransformersEngine
-            from optimus.models.registry import load_model, load_tokenizer
+            from optimus.models.engine import build_engine
 
-            tok = load_tokenizer(spec, self.cfg.trust_remote_code)
-            model = load_model(spec, self.cfg.device, self.cfg.trust_remote_code)
-            self._engines[spec] = TransformersEngine(
-                model, tok, batch_size=self.cfg.scan.batch_size, progress=self.progress
+            self._engines[spec] = build_engine(
+                spec,
+                self.cfg.engine,
+                self.cfg.device,
+                self.cfg.trust_remote_code,
+                self.cfg.scan.batch_size,
+                self.progress,
             )
         return self._engines[spec]
 
@@ -117,6 +119,7 @@ class Run:
             opts = DetectorOptions(
                 model=spec,
                 device=self.cfg.device,
+                engine=self.cfg.engine,
                 batch_size=sc.batch_size,
                 max_prompt_tokens=sc.max_prompt_tokens,
                 paraphrases=sc.paraphrases,

@@ -36,6 +36,7 @@ class DetectorOptions:
 
     model: str | None = None
     device: str = "auto"
+    engine: str = "auto"  # auto | transformers | vllm
     batch_size: int = 16
     max_prompt_tokens: int = 512
     paraphrases: int = 1

@@ -156,11 +156,9 @@ def engine_for(opts: DetectorOptions, spec: str) -> TransformersEngine:
     cached = opts.shared.get("engines", {}).get(spec)
     if cached is not None:
         return cached
-    from optimus.models.registry import load_model, load_tokenizer
+    from optimus.models.engine import build_engine
 
-    tok = load_tokenizer(spec, opts.trust_remote_code)
-    model = load_model(spec, opts.device, opts.trust_remote_code)
-    engine = TransformersEngine(model, tok, batch_size=opts.batch_size)
+    engine = build_engine(spec, opts.engine, opts.device, opts.trust_remote_code, opts.batch_size)
     opts.shared.setdefault("engines", {})[spec] = engine
     return engine
 

@@ -46,34 +46,17 @@ def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> 
         yield batch
 
 
-class TransformersEngine:
-    """The default engine: Hugging Face transformers on CPU or GPU."""
+class PromptMixin:
+    """Prompt building shared by every engine: sanitised chat templates, truncation."""
 
-    def __init__(
-        self,
-        model,
-        tokenizer,
-        batch_size: int = 16,
-        max_batch_tokens: int = 8192,
-        max_length: int = 2048,
-        progress: bool = False,
-    ) -> None:
-        self.model = model
+    def _init_prompts(self, tokenizer, max_length: int) -> None:
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.max_batch_tokens = max_batch_tokens
         self.max_length = max_length
-        self.progress = progress
         self.special_tokens = list(
             dict.fromkeys([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab().keys()])
         )
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    # ---- prompts -----------------------------------------------------------------
     def clean(self, text: str) -> str:
         return sanitize(text, self.special_tokens)
 
@@ -86,6 +69,32 @@ class TransformersEngine:
             safe, tokenize=False, add_generation_prompt=add_generation_prompt
         )
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        return ids[-self.max_length :]
+
+
+class TransformersEngine(PromptMixin):
+    """The default engine: Hugging Face transformers on CPU or GPU."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        max_batch_tokens: int = 8192,
+        max_length: int = 2048,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self._init_prompts(tokenizer, max_length)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -105,9 +114,6 @@ class TransformersEngine:
 
             return tqdm(batches, desc=desc, unit="batch")
         return batches
-
-    def _fit(self, ids: list[int]) -> list[int]:
-        return ids[-self.max_length :]
 
     # ---- scoring -----------------------------------------------------------------
     @staticmethod
@@ -229,6 +235,41 @@ class TransformersEngine:
             for row, i in enumerate(batch):
                 texts[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
         return texts
+
+
+def vllm_available() -> bool:
+    """vLLM importable and a CUDA GPU present (what ``engine: auto`` needs to pick it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def build_engine(
+    spec: str,
+    kind: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+):
+    """Load a model spec into an inference engine: vLLM or transformers.
+
+    ``auto`` takes vLLM when it imports and a GPU is present, else transformers.
+    """
+    from optimus.errors import OptimusError
+    from optimus.models.registry import load_model, load_tokenizer, resolve_model_path
+
+    if kind not in ("auto", "transformers", "vllm"):
+        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    tok = load_tokenizer(spec, trust_remote_code)
+    if kind == "vllm" or (kind == "auto" and vllm_available()):
+        if not vllm_available():
+            raise OptimusError("engine 'vllm' needs the vllm package and a CUDA GPU")
+        from optimus.models.vllm_engine import VLLMEngine
+
+        return VLLMEngine(resolve_model_path(spec), tok, trust_remote_code, progress=progress)
+    model = load_model(spec, device, trust_remote_code)
+    return TransformersEngine(model, tok, batch_size=batch_size, progress=progress)
 
 
 def perplexity(nlls: list[tuple[float, int]]) -> float:
