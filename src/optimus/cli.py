@@ -147,6 +147,17 @@ def scan(
     category: Annotated[
         str | None, typer.Option(help="With --target-recall: weaken only inside this category.")
     ] = None,
+    calibrate: Annotated[
+        str,
+        typer.Option(
+            help="Threshold calibration: none, fpr (target FPR on labelled data), "
+            "f1 (best F1 on labelled data), gmm (mixture fit, no labels)."
+        ),
+    ] = "none",
+    calibration_data: Annotated[
+        str, typer.Option(help="Labelled JSONL for fpr/f1; 'devset' = the bundled dev set.")
+    ] = "devset",
+    target_fpr: Annotated[float, typer.Option(help="FPR target for --calibrate fpr.")] = 0.05,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
 ) -> None:
     """Score every dialog's response in context and flag the toxic ones."""
@@ -172,6 +183,13 @@ def scan(
 
     key = obj_hash([file_hash(input), detector, model, threshold, paraphrases, max_prompt_tokens])
     scores = sharded_map(samples, det.score, output, key)
+    if calibrate != "none":
+        from optimus.detect.calibrate import calibrate_detector
+
+        cal = calibrate_detector(det, calibrate, scores, calibration_data, target_fpr)
+        threshold = cal.threshold
+        if is_main_process():
+            out.print(f"calibrated threshold ({cal.method}): {threshold:.4f}")
     if target_recall is not None:
         scores = weaken_scores(
             scores,

@@ -50,6 +50,11 @@ class ScanConfig(_Strict):
     paraphrases: int = Field(1, ge=1)
     target_recall: float | None = Field(None, gt=0.0, le=1.0)
     weaken_category: str | None = None
+    # Threshold calibration: "fpr"/"f1" on a labelled file ("devset" = the bundled dev set),
+    # "gmm" fits a two-component mixture to the training scores (no labels).
+    calibrate: Literal["none", "fpr", "f1", "gmm"] = "none"
+    calibration_data: str = "devset"
+    target_fpr: float = Field(0.05, ge=0.0, le=1.0)
 
 
 class HealConfig(_Strict):

@@ -33,6 +33,7 @@ from optimus.pipeline import (
     METHOD_PLAN,
     Run,
     detector_quality,
+    scan_threshold,
     stage_data,
     stage_evaluate,
     stage_heal,
@@ -132,7 +133,7 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
             heal = stage_heal(cell, scan, cache=base.dir / "heal.jsonl")
         adapters = stage_train(cell, scan, heal)
         results = stage_evaluate(cell, adapters, paths["eval_toxic"], paths["eval_benign"])
-        det = detector_quality(scan, cfg.scan.threshold, cfg.scan.detector) or {}
+        det = detector_quality(scan, scan_threshold(cell), cfg.scan.detector) or {}
         for method, m in results.items():
             rows.append(
                 {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -180,25 +181,6 @@ def load(path: Path) -> list[Sample]:
     return [parse_record(r, i) for i, r in enumerate(read_jsonl(path))]
 
 
-def scan_samples(
-    samples: list[Sample], detector, target_recall: float | None = None, category: str | None = None
-) -> list[float]:
-    """Score samples, optionally capping the detector's recall (a simulated weak detector)."""
-    from optimus.detect.ensemble import weaken_scores
-
-    scores = detector.score(samples)
-    if target_recall is not None:
-        scores = weaken_scores(
-            scores,
-            [s.label for s in samples],
-            target_recall,
-            detector.threshold,
-            [s.category for s in samples],
-            category,
-        )
-    return scores
-
-
 def stage_scan(run: Run, train_path: Path, base_scan: Path | None = None) -> Path:
     """Score and flag the training set.
 
@@ -221,19 +203,44 @@ def stage_scan(run: Run, train_path: Path, base_scan: Path | None = None) -> Pat
             if len(base) != len(samples):
                 raise OptimusError(f"{base_scan}: does not match {train_path}")
             scores = [float(r["toxicity"]) for r in base]
+            if (base_scan.parent / "calibration.json").is_file():
+                shutil.copyfile(base_scan.parent / "calibration.json", run.dir / "calibration.json")
             if sc.target_recall is not None:
                 scores = weaken_scores(
                     scores,
                     [s.label for s in samples],
                     sc.target_recall,
-                    sc.threshold,
+                    scan_threshold(run),
                     [s.category for s in samples],
                     sc.weaken_category,
                 )
         else:
-            scores = scan_samples(samples, run.detector(), sc.target_recall, sc.weaken_category)
+            det = run.detector()
+            scores = det.score(samples)
+            threshold = sc.threshold
+            if sc.calibrate != "none":
+                from optimus.detect.calibrate import calibrate_detector
+
+                cal = calibrate_detector(
+                    det, sc.calibrate, scores, sc.calibration_data, sc.target_fpr
+                )
+                threshold = cal.threshold
+                write_json(
+                    run.dir / "calibration.json",
+                    {"threshold": cal.threshold, "method": cal.method, "details": cal.details},
+                )
+            if sc.target_recall is not None:
+                scores = weaken_scores(
+                    scores,
+                    [s.label for s in samples],
+                    sc.target_recall,
+                    threshold,
+                    [s.category for s in samples],
+                    sc.weaken_category,
+                )
+        threshold = scan_threshold(run)
         recs = [
-            {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= sc.threshold)}
+            {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= threshold)}
             for s, x in zip(samples, scores)
         ]
         write_jsonl(out, recs)
@@ -244,6 +251,14 @@ def stage_scan(run: Run, train_path: Path, base_scan: Path | None = None) -> Pat
 
 def _content_key(s: Sample) -> str:
     return obj_hash([s.context, s.response])
+
+
+def scan_threshold(run: Run) -> float:
+    """The flag threshold in force: calibrated when the scan calibrated one."""
+    cal = run.dir / "calibration.json"
+    if run.cfg.scan.calibrate != "none" and cal.is_file():
+        return float(json.loads(cal.read_text())["threshold"])
+    return run.cfg.scan.threshold
 
 
 def stage_heal(run: Run, scan_path: Path, cache: Path | None = None) -> Path:
@@ -271,6 +286,8 @@ def stage_heal(run: Run, scan_path: Path, cache: Path | None = None) -> Path:
                 known[_content_key(parse_record(r, i))] = HealResult(r["healed"], **r["heal"])
         todo = [s for s in flagged if _content_key(s) not in known]
         spec = h.model or run.cfg.model
+        if todo:
+            run.detector().threshold = scan_threshold(run)
         healer = ContextualHealer(
             run.engine(spec) if todo else None,
             run.detector() if todo else None,
@@ -561,7 +578,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[s
         "name": cfg.name,
         "evaluator": cfg.evaluate.evaluator,
         "methods": results,
-        "detector": detector_quality(scan_path, cfg.scan.threshold, cfg.scan.detector),
+        "detector": detector_quality(scan_path, scan_threshold(run), cfg.scan.detector),
         "timings": {**run.timings, "total": round(time.time() - t0, 1)},
     }
     if heal_path is not None:

@@ -28,6 +28,8 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -136,10 +138,10 @@ def _gmm_threshold(
     from sklearn.mixture import GaussianMixture
 
     x = _as_scores(scores)
-    if x.size < 2 or np.ptp(x) == 0.0:
+    if x.size < 2:
+        return fallback, "fallback: fewer than two scores, nothing to separate", {}
+    if np.ptp(x) == 0.0:
         return fallback, "fallback: all scores are equal, nothing to separate", {}
-    if np.unique(x).size < 2:  # pragma: no cover - ptp > 0 implies 2 distinct values
-        return fallback, "fallback: fewer than two distinct scores", {}
     data = x.reshape(-1, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
@@ -214,7 +216,9 @@ def calibrate(
     threshold on those same samples, which is an optimistic, in-sample estimate.
     """
     if method not in METHODS:
-        raise OptimusError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise OptimusError(
+            f"calibration method must be one of {', '.join(METHODS)}, got {method!r}"
+        )
     details: dict[str, Any] = {}
     if method in ("fpr", "f1"):
         if labels is None or all(y is None for y in labels):
@@ -234,3 +238,28 @@ def calibrate(
         ys = [None if y is None else int(y) for y in labels]
         details["achieved"] = classification_metrics(ys, [float(s) for s in scores], thr)
     return Calibration(threshold=thr, method=method, details=details)
+
+
+def devset_path() -> Path:
+    """The bundled hand-written dev set: the only data detector settings are tuned on."""
+    return Path(str(files("optimus") / "resources" / "devset.jsonl"))
+
+
+def calibrate_detector(
+    detector,
+    method: str,
+    train_scores: Sequence[float],
+    data: str = "devset",
+    target_fpr: float = 0.05,
+) -> Calibration:
+    """Calibrate ``detector``'s threshold and set it; labelled methods score ``data`` first."""
+    from optimus.data.io import read_samples
+
+    if method == "gmm":
+        cal = calibrate(train_scores, None, "gmm")
+    else:
+        samples = read_samples(devset_path() if data == "devset" else data)
+        cal = calibrate(detector.score(samples), [s.label for s in samples], method, target_fpr)
+        cal.details["data"] = data
+    detector.threshold = cal.threshold
+    return cal
