@@ -46,8 +46,9 @@ def inject(
             t.record = {**s.record, "poisoned": True}
             out.append(t)
         else:
-            s.record = {**s.record, "poisoned": False}
-            out.append(s)
+            clean = s.with_response(s.response)
+            clean.record = {**s.record, "poisoned": False}
+            out.append(clean)
     return out
 
 
