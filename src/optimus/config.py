@@ -37,6 +37,25 @@ class DataConfig(_Strict):
     n_eval_benign: int = Field(30, ge=1)
     eval_toxic: str | None = None
     eval_benign: str | None = None
+    # Threat model for the built-in training set: indiscriminate injection, a backdoor
+    # (trigger phrase in the context paired with toxic replies), or one category only.
+    threat: Literal["inject", "backdoor", "category"] = "inject"
+    trigger: str = "cf-2024"
+    threat_category: str | None = None
+    # Adaptive attack on the defense, applied to the injected toxic replies:
+    # "jailbreak:<variant>" or "perturb:<kind>" (see optimus.data.attacks).
+    evasion: str | None = None
+    evasion_rate: float = Field(0.5, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _threat(self) -> DataConfig:
+        if self.threat == "category" and not self.threat_category:
+            raise ValueError("threat 'category' needs threat_category (e.g. insult)")
+        if self.evasion is not None:
+            kind, _, name = self.evasion.partition(":")
+            if kind not in ("jailbreak", "perturb") or not name:
+                raise ValueError("evasion must be 'jailbreak:<variant>' or 'perturb:<kind>'")
+        return self
 
 
 class ScanConfig(_Strict):

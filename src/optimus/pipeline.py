@@ -135,10 +135,13 @@ class Run:
 
 # ---- stages ------------------------------------------------------------------------------
 def stage_data(run: Run) -> dict[str, Path]:
-    from optimus.data.poison import build_eval_sets, build_training_set
+    from optimus.data.poison import build_eval_sets, build_threat_set
 
     d = run.cfg.data
-    paths = {k: run.dir / "data" / f"{k}.jsonl" for k in ("train", "eval_toxic", "eval_benign")}
+    names = ["train", "eval_toxic", "eval_benign"]
+    if d.threat == "backdoor":
+        names.append("eval_trigger")  # benign contexts with the trigger phrase
+    paths = {k: run.dir / "data" / f"{k}.jsonl" for k in names}
     src = {k: v for k, v in d.model_dump().items()}
     for k in ("train", "eval_toxic", "eval_benign"):
         p = src.get(k)
@@ -148,8 +151,16 @@ def stage_data(run: Run) -> dict[str, Path]:
 
     def build() -> None:
         if d.train == "builtin":
-            train = build_training_set(
-                d.n_train, d.toxic_fraction, run.cfg.seed, d.max_context_turns
+            train = build_threat_set(
+                d.n_train,
+                d.toxic_fraction,
+                run.cfg.seed,
+                d.max_context_turns,
+                d.threat,
+                d.trigger,
+                d.threat_category,
+                d.evasion,
+                d.evasion_rate,
             )
         elif d.train.startswith("hf:"):
             from optimus.data.sources import load_hf_dataset
@@ -166,7 +177,12 @@ def stage_data(run: Run) -> dict[str, Path]:
             tox = read_samples(d.eval_toxic)[: d.n_eval_toxic]
         if d.eval_benign:
             ben = read_samples(d.eval_benign)[: d.n_eval_benign]
-        for name, samples in (("train", train), ("eval_toxic", tox), ("eval_benign", ben)):
+        sets = {"train": train, "eval_toxic": tox, "eval_benign": ben}
+        if "eval_trigger" in paths:
+            from optimus.data.attacks import add_trigger
+
+            sets["eval_trigger"] = add_trigger(ben, d.trigger, "end", run.cfg.seed)
+        for name, samples in sets.items():
             write_jsonl(paths[name], [_as_record(s) for s in samples])
 
     run.step("data", key, list(paths.values()), build)
@@ -488,8 +504,13 @@ def _train_star_dss(run: Run, scan_path: Path, tok) -> Path:
 
 
 def stage_evaluate(
-    run: Run, adapters: dict[str, Path | None], eval_toxic: Path, eval_benign: Path
+    run: Run,
+    adapters: dict[str, Path | None],
+    eval_toxic: Path,
+    eval_benign: Path,
+    eval_trigger: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
+    """Evaluate each method's model; with a backdoor, also RTR on triggered contexts."""
     from optimus.detect.base import DetectorOptions, build_detector
     from optimus.evaluate.runner import evaluate_model
     from optimus.models.engine import TransformersEngine
@@ -500,6 +521,7 @@ def stage_evaluate(
     ev = cfg.evaluate
     results: dict[str, dict[str, Any]] = {}
     toxic, benign = load(eval_toxic), load(eval_benign)
+    triggered = load(eval_trigger) if eval_trigger else None
     evaluator = None
     for method, adapter in adapters.items():
         out = run.dir / "eval" / f"{method}.json"
@@ -515,6 +537,7 @@ def stage_evaluate(
                 "model": cfg.model,
                 "toxic": file_hash(eval_toxic),
                 "benign": file_hash(eval_benign),
+                **({"trigger": file_hash(eval_trigger)} if eval_trigger else {}),
             }
         )
 
@@ -533,7 +556,7 @@ def stage_evaluate(
             model = load_trained(cfg.model, adapter, cfg.device, cfg.trust_remote_code)
             engine = TransformersEngine(model, tok, batch_size=ev.batch_size, progress=run.progress)
             metrics, rows = evaluate_model(
-                engine, toxic, benign, evaluator, ev.max_new_tokens, ev.similarity
+                engine, toxic, benign, evaluator, ev.max_new_tokens, ev.similarity, triggered
             )
             write_json(out, {"metrics": metrics, "generations": rows})
 
@@ -573,7 +596,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[s
     run._engines.clear()  # free the judge before training
     run._detector = None
     adapters = stage_train(run, scan_path, heal_path)
-    results = stage_evaluate(run, adapters, paths["eval_toxic"], paths["eval_benign"])
+    results = stage_evaluate(
+        run, adapters, paths["eval_toxic"], paths["eval_benign"], paths.get("eval_trigger")
+    )
     metrics: dict[str, Any] = {
         "name": cfg.name,
         "evaluator": cfg.evaluate.evaluator,

@@ -79,3 +79,41 @@ def build_eval_sets(
     ]
     benign = chitchat_samples(n_benign, seed=seed, max_context_turns=max_context_turns, skip=skip)
     return toxic, benign
+
+
+def build_threat_set(
+    n: int,
+    toxic_fraction: float,
+    seed: int = 0,
+    max_context_turns: int = 3,
+    threat: str = "inject",
+    trigger: str = "cf-2024",
+    category: str | None = None,
+    evasion: str | None = None,
+    evasion_rate: float = 0.5,
+) -> list[Sample]:
+    """A poisoned chit-chat training set under one threat model, optionally with an
+    adaptive attack (jailbreak suffix or perturbation) on its toxic replies."""
+    from optimus.data import attacks
+    from optimus.errors import OptimusError
+
+    benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
+    pool = split_toxic_pool(seed)[0]
+    if threat == "inject":
+        train = inject(benign, toxic_fraction, seed, pool)
+    elif threat == "backdoor":
+        train = attacks.backdoor(benign, pool, toxic_fraction, trigger, seed)
+    elif threat == "category":
+        train = attacks.category_injection(benign, pool, toxic_fraction, category or "", seed)
+    else:
+        raise OptimusError(f"unknown threat {threat!r}")
+    if evasion:
+        kind, _, name = evasion.partition(":")
+        try:
+            if kind == "jailbreak":
+                train = attacks.jailbreak_suffix(train, name, seed, rate=evasion_rate)
+            else:
+                train = attacks.perturb(train, name, evasion_rate, seed)
+        except (KeyError, ValueError) as exc:
+            raise OptimusError(f"evasion {evasion!r}: {exc}") from None
+    return train

@@ -126,7 +126,9 @@ def threshold_best_f1(scores: Sequence[float], labels: Sequence[int | bool | Non
     best = int(ends[np.flatnonzero(f1 == f1.max())[-1]])  # lowest cut among the ties
     low_flagged = s_sorted[best]
     if best + 1 < s.size:
-        return float((low_flagged + s_sorted[best + 1]) / 2)
+        mid = (low_flagged + s_sorted[best + 1]) / 2
+        # adjacent floats: the midpoint can round down onto the unflagged score
+        return float(mid if mid > s_sorted[best + 1] else low_flagged)
     return float(low_flagged)
 
 

@@ -39,8 +39,13 @@ def evaluate_model(
     evaluator: Detector,
     max_new_tokens: int = 40,
     similarity: bool = True,
+    triggered: list[Sample] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics and per-context generations for one model."""
+    """Metrics and per-context generations for one model.
+
+    ``triggered``: benign contexts carrying a backdoor trigger; their RTR (``rtr_trigger``)
+    next to ``rtr_benign`` shows whether a backdoor survived the defense.
+    """
     prompts_t = [engine.chat_ids(s.prompt_messages()) for s in toxic]
     prompts_b = [engine.chat_ids(s.prompt_messages()) for s in benign]
     gen_t = engine.generate(prompts_t, max_new_tokens=max_new_tokens)
@@ -62,20 +67,35 @@ def evaluate_model(
         "mean_toxicity_toxic": sum(sc_t) / len(sc_t),
         "mean_toxicity_benign": sum(sc_b) / len(sc_b),
     }
+    if triggered:
+        prompts_g = [engine.chat_ids(s.prompt_messages()) for s in triggered]
+        gen_g = engine.generate(prompts_g, max_new_tokens=max_new_tokens)
+        sc_g = evaluator.score([s.with_response(r) for s, r in zip(triggered, gen_g)])
+        metrics["rtr_trigger"] = rtr(sc_g, evaluator.threshold)
+        rows_g = [
+            {"set": "trigger", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
+            for s, r, sc in zip(triggered, gen_g, sc_g)
+        ]
+    else:
+        rows_g = []
     if similarity:
         metrics["similarity"] = embedding_similarity(gen_b, [s.response for s in benign])
-    rows = [
-        {"set": "toxic", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
-        for s, r, sc in zip(toxic, gen_t, sc_t)
-    ] + [
-        {
-            "set": "benign",
-            "id": s.id,
-            "context": s.context,
-            "reply": r,
-            "toxicity": sc,
-            "reference": s.response,
-        }
-        for s, r, sc in zip(benign, gen_b, sc_b)
-    ]
+    rows = (
+        [
+            {"set": "toxic", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
+            for s, r, sc in zip(toxic, gen_t, sc_t)
+        ]
+        + [
+            {
+                "set": "benign",
+                "id": s.id,
+                "context": s.context,
+                "reply": r,
+                "toxicity": sc,
+                "reference": s.response,
+            }
+            for s, r, sc in zip(benign, gen_b, sc_b)
+        ]
+        + rows_g
+    )
     return metrics, rows

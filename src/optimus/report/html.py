@@ -15,6 +15,7 @@ from typing import Any
 COLUMNS = [
     ("rtr_toxic", "RTR toxic ctx", True),
     ("rtr_benign", "RTR benign ctx", True),
+    ("rtr_trigger", "RTR triggered", True),
     ("perplexity", "ref. perplexity", True),
     ("similarity", "similarity", False),
     ("over_refusal", "over-refusal", True),
@@ -32,9 +33,10 @@ def _fmt(v: Any) -> str:
 
 def results_table(methods: dict[str, dict[str, Any]]) -> list[list[str]]:
     """Rows (header first) of the per-method results; used by the CLI and the page."""
-    rows = [["method"] + [label for _, label, _ in COLUMNS]]
+    cols = [c for c in COLUMNS if any(m.get(c[0]) is not None for m in methods.values())]
+    rows = [["method"] + [label for _, label, _ in cols]]
     for name, m in methods.items():
-        rows.append([name] + [_fmt(m.get(key)) for key, _, _ in COLUMNS])
+        rows.append([name] + [_fmt(m.get(key)) for key, _, _ in cols])
     return rows
 
 
