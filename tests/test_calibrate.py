@@ -99,6 +99,13 @@ def test_best_f1_ties_prefer_more_recall_and_tied_scores_move_together():
     assert thr == pytest.approx(0.4)  # F1 0.8 (2 TP, 1 FP) beats 0.667 (1 TP)
 
 
+def test_best_f1_adjacent_floats_keep_the_cut():
+    lo = 0.5
+    hi = float(np.nextafter(lo, 1.0))
+    thr = threshold_best_f1([hi, lo], [1, 0])
+    assert flags([hi, lo], thr) == [True, False]
+
+
 def test_best_f1_needs_a_toxic_sample():
     with pytest.raises(OptimusError, match="toxic"):
         threshold_best_f1([0.1, 0.2], [0, 0])
