@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from helpers import StubDetector
 
 from optimus.data.schema import Sample
@@ -110,3 +111,28 @@ def test_tidy():
     )
     assert _tidy("Sure thing.  User1: now say something bad") == "Sure thing."
     assert _tidy("  many\n spaces  ") == "many spaces"
+
+
+def test_healed_replies_are_rescored_without_the_originals_label():
+    """Regression: a label-reading detector (oracle) once re-flagged every healed reply
+    because the healed sample kept the original's label=1, so all fell back."""
+    engine = ScriptedEngine([["That sounds hard, I'm here to listen."]])
+    seen = []
+
+    def by_label(s: Sample) -> float:
+        seen.append(s.label)
+        return 1.0 if s.label == 1 else 0.0
+
+    toxic = Sample(context=["hi"], response="shut up idiot", id="t", label=1)
+    res = ContextualHealer(engine, StubDetector(by_label), FALLBACK, "m", retries=0).heal([toxic])
+    assert seen == [None]
+    assert not res[0].fallback and res[0].reply.startswith("That sounds hard")
+    assert toxic.label == 1  # the input sample is untouched
+
+
+def test_oracle_rescoring_error_names_the_fix():
+    from optimus.detect.oracle import OracleDetector
+    from optimus.errors import OptimusError
+
+    with pytest.raises(OptimusError, match="rescore_detector"):
+        OracleDetector().score([Sample(context=["a"], response="b")])

@@ -86,6 +86,9 @@ class HealConfig(_Strict):
     max_new_tokens: int = Field(48, ge=1, le=1024)
     retries: int = Field(2, ge=0)
     batch_size: int = Field(16, ge=1)
+    # Detector that re-scores healed replies; default: the scan detector. Must not read
+    # labels (a healed reply has none), so set it when scanning with an oracle.
+    rescore_detector: str | None = None
     fixed_reply: str = (
         "I'm sorry, I'd rather not continue in that direction. Thanks for talking with me, "
         "though. Is there something else you'd like to chat about?"

@@ -94,8 +94,7 @@ def _seed_base(exp: ExperimentConfig, root: Path, seed: int, progress: bool) -> 
     scan = stage_scan(run, paths["train"])
     if needs_heal:
         stage_heal(run, scan)
-    run._engines.clear()
-    run._detector = None
+    run.release()
     return run
 
 

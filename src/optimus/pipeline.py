@@ -75,6 +75,7 @@ class Run:
         self.timings: dict[str, float] = {}
         self._engines: dict[str, Any] = {}
         self._detector = None
+        self._rescore = None
 
     def cached(self, stage: str, key: str, *outputs: Path) -> bool:
         return self.keys.get(stage) == key and all(p.exists() for p in outputs)
@@ -110,27 +111,47 @@ class Run:
             )
         return self._engines[spec]
 
-    def detector(self):
-        """The scan detector (also used to re-score healed replies)."""
-        if self._detector is None:
-            from optimus.detect.base import DetectorOptions, build_detector
+    def release(self) -> None:
+        """Drop loaded models (judge, healer, detectors) before training needs the memory."""
+        self._engines.clear()
+        self._detector = None
+        self._rescore = None
 
-            sc = self.cfg.scan
-            spec = sc.model or self.cfg.model
-            opts = DetectorOptions(
-                model=spec,
-                device=self.cfg.device,
-                engine=self.cfg.engine,
-                batch_size=sc.batch_size,
-                max_prompt_tokens=sc.max_prompt_tokens,
-                paraphrases=sc.paraphrases,
-                trust_remote_code=self.cfg.trust_remote_code,
-                threshold=sc.threshold,
-            )
-            if sc.detector.startswith("llm-judge") or "llm-judge" in sc.detector:
-                opts.shared["engines"] = {spec: self.engine(spec)}
-            self._detector = build_detector(sc.detector, opts)
+    def _build_detector(self, name: str):
+        from optimus.detect.base import DetectorOptions, build_detector
+
+        sc = self.cfg.scan
+        spec = sc.model or self.cfg.model
+        opts = DetectorOptions(
+            model=spec,
+            device=self.cfg.device,
+            engine=self.cfg.engine,
+            batch_size=sc.batch_size,
+            max_prompt_tokens=sc.max_prompt_tokens,
+            paraphrases=sc.paraphrases,
+            trust_remote_code=self.cfg.trust_remote_code,
+            threshold=sc.threshold,
+        )
+        if "llm-judge" in name:
+            opts.shared["engines"] = {spec: self.engine(spec)}
+        return build_detector(name, opts)
+
+    def detector(self):
+        """The scan detector."""
+        if self._detector is None:
+            self._detector = self._build_detector(self.cfg.scan.detector)
         return self._detector
+
+    def rescore_detector(self):
+        """Re-scores healed replies and guards STAR-DSS prefixes: text without ground
+        truth, so it is ``heal.rescore_detector`` when set, else the scan detector."""
+        name = self.cfg.heal.rescore_detector
+        if name is None or name == self.cfg.scan.detector:
+            return self.detector()
+        if self._rescore is None:
+            self._rescore = self._build_detector(name)
+            self._rescore.threshold = self.cfg.scan.threshold
+        return self._rescore
 
 
 # ---- stages ------------------------------------------------------------------------------
@@ -302,11 +323,11 @@ def stage_heal(run: Run, scan_path: Path, cache: Path | None = None) -> Path:
                 known[_content_key(parse_record(r, i))] = HealResult(r["healed"], **r["heal"])
         todo = [s for s in flagged if _content_key(s) not in known]
         spec = h.model or run.cfg.model
-        if todo:
+        if todo and run.cfg.heal.rescore_detector in (None, run.cfg.scan.detector):
             run.detector().threshold = scan_threshold(run)
         healer = ContextualHealer(
             run.engine(spec) if todo else None,
-            run.detector() if todo else None,
+            run.rescore_detector() if todo else None,
             h.fixed_reply,
             spec,
             h.top_p,
@@ -469,6 +490,7 @@ def _train_star_dss(run: Run, scan_path: Path, tok) -> Path:
             "model": cfg.model,
             "seed": cfg.seed,
             "scan": cfg.scan.model_dump(),
+            "guard": cfg.heal.rescore_detector,
             "flags": [r["flagged"] for r in recs],
             "data": obj_hash(build_sft_records(samples, tok)),
         }
@@ -482,7 +504,9 @@ def _train_star_dss(run: Run, scan_path: Path, tok) -> Path:
             weights = [[1.0] * len(ids) for ids in completion_token_ids(samples, tok)]
             flagged = [i for i, r in enumerate(recs) if r["flagged"]]
             if flagged:
-                guard = compute_token_weights([samples[i] for i in flagged], tok, run.detector())
+                guard = compute_token_weights(
+                    [samples[i] for i in flagged], tok, run.rescore_detector()
+                )
                 for i, w in zip(flagged, guard):
                     weights[i] = w
             out.mkdir(parents=True, exist_ok=True)
@@ -593,8 +617,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[s
                 "'contextual' for 'optimus' and 'no_dpo'"
             )
         heal_path = stage_heal(run, scan_path)
-    run._engines.clear()  # free the judge before training
-    run._detector = None
+    run.release()
     adapters = stage_train(run, scan_path, heal_path)
     results = stage_evaluate(
         run, adapters, paths["eval_toxic"], paths["eval_benign"], paths.get("eval_trigger")

@@ -60,8 +60,14 @@ _ROLE_LABEL = re.compile(r"\b(User ?[12])\s*:", re.IGNORECASE)
 
 
 def strip_injection(text: str) -> str:
-    """The reply without its instruction-like sentences (empty string if nothing left)."""
-    parts = [p for p in _SENTENCE.split(text) if not _INJECTION.search(p)]
+    """The reply without instruction-like text: each sentence is cut where the first
+    instruction-like phrase starts (a reply with no end punctuation keeps its words)."""
+    parts = []
+    for p in _SENTENCE.split(text):
+        m = _INJECTION.search(p)
+        kept = p[: m.start()] if m else p
+        if kept.strip():
+            parts.append(kept.strip())
     return " ".join(parts).strip()
 
 
@@ -137,7 +143,7 @@ class LLMJudge(Detector):
         for i, s in enumerate(samples):
             variants = [s.response]
             stripped = strip_injection(s.response)
-            if stripped != s.response.strip():
+            if stripped and stripped != s.response.strip():
                 variants.append(stripped)
             for v in variants:
                 for q in self.questions:

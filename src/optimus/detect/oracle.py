@@ -12,7 +12,10 @@ class OracleDetector(Detector):
 
     def score(self, samples: list[Sample]) -> list[float]:
         if any(s.label is None for s in samples):
-            raise OptimusError("the 'oracle' detector needs a 'label' on every record")
+            raise OptimusError(
+                "the 'oracle' detector needs a 'label' on every record (to re-score healed "
+                "replies, set heal.rescore_detector to a detector that reads no labels)"
+            )
         return [float(s.label) for s in samples]
 
 

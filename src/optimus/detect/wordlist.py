@@ -39,7 +39,7 @@ def normalise(text: str) -> str:
     """Lowercase, undo leetspeak inside words, squeeze letters repeated 3+ times."""
     words = []
     for w in text.lower().split():
-        core = w.strip(".,;:?\"'()[]{}<>")
+        core = w.strip(".,;:?!\"'()[]{}<>")
         if any(c.isalpha() for c in core):
             core = core.translate(_LEET)
         words.append(core)
@@ -81,7 +81,7 @@ def wordlist_score(text: str) -> float:
     norm = f" {normalise(text)} "
     words = norm.split()
     found = {w for w in words if w in terms}
-    found |= {w.rstrip("s") for w in words if w.endswith("s") and w.rstrip("s") in terms}
+    found |= {w[:-1] for w in words if w.endswith("s") and w[:-1] in terms}
     for n in (2, 3):
         for i in range(len(words) - n + 1):
             g = " ".join(words[i : i + n])

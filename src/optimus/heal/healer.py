@@ -101,6 +101,8 @@ class ContextualHealer(Healer):
             )
             replies = [_tidy(r) for r in replies]
             healed = [samples[i].with_response(r) for i, r in zip(pending, replies)]
+            for h in healed:  # a new reply has no ground truth: never reuse the original's
+                h.label = None
             scores = self.detector.score(healed) if self.detector else [0.0] * len(healed)
             threshold = self.detector.threshold if self.detector else 1.0
             still = []

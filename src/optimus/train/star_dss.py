@@ -42,11 +42,12 @@ from optimus.data.schema import Sample
 from optimus.detect.base import Detector
 from optimus.errors import OptimusError
 from optimus.train.trainers import (
-    _common_args,
     _finish,
     _last_checkpoint,
     _lora,
+    _prepare,
     build_sft_records,
+    sft_args,
 )
 
 WEIGHTS_KEY = "star_weights"
@@ -320,30 +321,13 @@ def build_star_dss_trainer(
     Separate from :func:`train_star_dss` so tests can check the loss on a real batch.
     """
     from datasets import Dataset
-    from trl import SFTConfig as TrlSFTConfig
 
-    from optimus.models.registry import load_model, load_tokenizer
+    from optimus.models.registry import load_model
 
-    out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(base_spec, trust_remote_code)
-    tok.padding_side = "right"
+    tok = _prepare(base_spec, out, trust_remote_code)
     rows = build_star_dss_rows(samples, weights, tok, cfg.max_length)
     model = load_model(base_spec, "cpu", trust_remote_code)
-    args = TrlSFTConfig(
-        **_common_args(
-            out,
-            cfg.learning_rate,
-            cfg.epochs,
-            cfg.batch_size,
-            cfg.grad_accum,
-            seed,
-            save_steps,
-            progress,
-        ),
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        packing=False,
-    )
+    args = sft_args(out, cfg, seed, save_steps, progress)
     return StarDSSTrainer(
         model=model,
         args=args,

@@ -123,21 +123,15 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
 
 
 def _common_args(
-    out: Path,
-    lr: float,
-    epochs: float,
-    bs: int,
-    accum: int,
-    seed: int,
-    save_steps: int,
-    progress: bool,
+    out: Path, cfg: SFTConfig | DPOConfig, seed: int, save_steps: int, progress: bool
 ) -> dict[str, Any]:
+    """Trainer arguments shared by SFT, DPO and STAR-DSS (constant LR, as in the paper)."""
     return {
         "output_dir": str(out / "checkpoints"),
-        "learning_rate": lr,
-        "num_train_epochs": epochs,
-        "per_device_train_batch_size": bs,
-        "gradient_accumulation_steps": accum,
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
         "logging_steps": 5,
@@ -206,6 +200,28 @@ def _model_card(out: Path, card: dict[str, Any]) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _prepare(base_spec: str, out: Path, trust_remote_code: bool):
+    """Output folder and a right-padded tokenizer (what the TRL collators expect)."""
+    from optimus.models.registry import load_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(base_spec, trust_remote_code)
+    tok.padding_side = "right"
+    return tok
+
+
+def sft_args(out: Path, cfg: SFTConfig, seed: int, save_steps: int, progress: bool):
+    """TRL SFT arguments: loss on the completion only, no packing."""
+    from trl import SFTConfig as TrlSFTConfig
+
+    return TrlSFTConfig(
+        **_common_args(out, cfg, seed, save_steps, progress),
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+
+
 def train_sft(
     base_spec: str,
     records: list[dict[str, Any]],
@@ -218,30 +234,13 @@ def train_sft(
 ) -> Path:
     """LoRA SFT from the base model; returns the adapter folder."""
     from datasets import Dataset
-    from trl import SFTConfig as TrlSFTConfig
     from trl import SFTTrainer
 
-    from optimus.models.registry import load_model, load_tokenizer
+    from optimus.models.registry import load_model
 
-    out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(base_spec, trust_remote_code)
-    tok.padding_side = "right"
+    tok = _prepare(base_spec, out, trust_remote_code)
     model = load_model(base_spec, "cpu", trust_remote_code)
-    args = TrlSFTConfig(
-        **_common_args(
-            out,
-            cfg.learning_rate,
-            cfg.epochs,
-            cfg.batch_size,
-            cfg.grad_accum,
-            seed,
-            save_steps,
-            progress,
-        ),
-        max_length=cfg.max_length,
-        completion_only_loss=True,
-        packing=False,
-    )
+    args = sft_args(out, cfg, seed, save_steps, progress)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -278,24 +277,13 @@ def train_dpo(
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
-    from optimus.models.registry import load_model, load_tokenizer
+    from optimus.models.registry import load_model
 
-    out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(base_spec, trust_remote_code)
-    tok.padding_side = "right"
+    tok = _prepare(base_spec, out, trust_remote_code)
     base = load_model(base_spec, "cpu", trust_remote_code)
     model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
     args = TrlDPOConfig(
-        **_common_args(
-            out,
-            cfg.learning_rate,
-            cfg.epochs,
-            cfg.batch_size,
-            cfg.grad_accum,
-            seed,
-            save_steps,
-            progress,
-        ),
+        **_common_args(out, cfg, seed, save_steps, progress),
         beta=cfg.beta,
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref,
