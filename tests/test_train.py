@@ -136,3 +136,34 @@ def test_dpo_widens_preference_margin(trained, tiny_tokenizer):
     before = _margin(trained["base"], trained["sft"], tiny_tokenizer)
     after = _margin(trained["base"], trained["dpo"], tiny_tokenizer)
     assert after > before + 1.0
+
+
+def test_killed_sft_resumes_from_last_checkpoint(tiny_model_dir, tiny_tokenizer, tmp_path,
+                                                 monkeypatch):
+    """A run killed after step 2 of 4 redoes only steps 3-4 when started again."""
+    import transformers
+
+    records = build_sft_records([s.with_response(CHOSEN) for s in _flagged()], tiny_tokenizer)
+    cfg = SFTConfig(learning_rate=1e-3, epochs=1, batch_size=1, max_length=64,
+                    lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    original = transformers.Trainer.training_step
+    calls = {"n": 0, "kill_after": 2}
+
+    def step(self, *args, **kwargs):
+        if calls["n"] == calls["kill_after"]:
+            raise KeyboardInterrupt  # what Ctrl-C / a killed job looks like mid-training
+        calls["n"] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", step)
+    out = tmp_path / "sft"
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(str(tiny_model_dir), records, out, cfg, save_steps=1, progress=False)
+    assert (out / "checkpoints" / "checkpoint-2").is_dir()
+    assert not (out / "adapter").exists()  # unfinished training leaves no final adapter
+
+    calls.update(n=0, kill_after=-1)
+    adapter = train_sft(str(tiny_model_dir), records, out, cfg, save_steps=1, progress=False)
+    assert calls["n"] == 2  # only the two missing steps ran
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "train_log.json").read_text())[-1]["step"] == 4

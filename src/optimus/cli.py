@@ -204,7 +204,7 @@ def scan(
     write_jsonl(
         output,
         [
-            {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= threshold)}
+            {**s.record, "toxicity": float(x), "flagged": bool(x >= threshold)}
             for s, x in zip(samples, scores)
         ],
     )

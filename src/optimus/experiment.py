@@ -37,6 +37,7 @@ from optimus.pipeline import (
     stage_data,
     stage_evaluate,
     stage_heal,
+    stage_merge,
     stage_scan,
     stage_train,
 )
@@ -131,6 +132,8 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
         if any(METHOD_PLAN[m][0] == "healed" for m in methods):
             heal = stage_heal(cell, scan, cache=base.dir / "heal.jsonl")
         adapters = stage_train(cell, scan, heal)
+        if cfg.train.merge:
+            stage_merge(cell, adapters)
         results = stage_evaluate(cell, adapters, paths["eval_toxic"], paths["eval_benign"])
         det = detector_quality(scan, scan_threshold(cell), cfg.scan.detector) or {}
         for method, m in results.items():

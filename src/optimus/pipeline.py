@@ -277,7 +277,7 @@ def stage_scan(run: Run, train_path: Path, base_scan: Path | None = None) -> Pat
                 )
         threshold = scan_threshold(run)
         recs = [
-            {**s.record, "toxicity": round(float(x), 6), "flagged": bool(x >= threshold)}
+            {**s.record, "toxicity": float(x), "flagged": bool(x >= threshold)}
             for s, x in zip(samples, scores)
         ]
         write_jsonl(out, recs)
@@ -527,6 +527,37 @@ def _train_star_dss(run: Run, scan_path: Path, tok) -> Path:
     return out / "adapter"
 
 
+def _adapter_hash(adapter: Path | None) -> str:
+    if adapter is None:
+        return "base"
+    return obj_hash(sorted((p.name, file_hash(p)) for p in adapter.glob("*.safetensors")))
+
+
+def stage_merge(run: Run, adapters: dict[str, Path | None]) -> None:
+    """With ``train.merge``: a standalone safetensors model per method (base + adapter
+    merged), for serving stacks that do not load PEFT adapters."""
+    from optimus.models.registry import load_tokenizer
+    from optimus.train.trainers import load_trained
+
+    cfg = run.cfg
+    for method, adapter in adapters.items():
+        if adapter is None:
+            continue
+        out = run.dir / "merged" / method
+
+        def _merge(adapter=adapter, out=out) -> None:
+            tmp = out.with_name(out.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model = load_trained(cfg.model, adapter, "cpu", cfg.trust_remote_code)
+            model.save_pretrained(tmp, safe_serialization=True)
+            load_tokenizer(cfg.model, cfg.trust_remote_code).save_pretrained(tmp)
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.replace(out)
+
+        key = obj_hash({"adapter": _adapter_hash(adapter), "model": cfg.model})
+        run.step(f"merge/{method}", key, [out / "config.json"], _merge)
+
+
 def stage_evaluate(
     run: Run,
     adapters: dict[str, Path | None],
@@ -549,11 +580,7 @@ def stage_evaluate(
     evaluator = None
     for method, adapter in adapters.items():
         out = run.dir / "eval" / f"{method}.json"
-        a_hash = (
-            obj_hash(sorted((p.name, file_hash(p)) for p in adapter.glob("*.safetensors")))
-            if adapter
-            else "base"
-        )
+        a_hash = _adapter_hash(adapter)
         key = obj_hash(
             {
                 "eval": ev.model_dump(),
@@ -619,6 +646,8 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> dict[s
         heal_path = stage_heal(run, scan_path)
     run.release()
     adapters = stage_train(run, scan_path, heal_path)
+    if cfg.train.merge:
+        stage_merge(run, adapters)
     results = stage_evaluate(
         run, adapters, paths["eval_toxic"], paths["eval_benign"], paths.get("eval_trigger")
     )
