@@ -138,14 +138,20 @@ def test_dpo_widens_preference_margin(trained, tiny_tokenizer):
     assert after > before + 1.0
 
 
-def test_killed_sft_resumes_from_last_checkpoint(tiny_model_dir, tiny_tokenizer, tmp_path,
-                                                 monkeypatch):
+def test_killed_sft_resumes_from_last_checkpoint(
+    tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch
+):
     """A run killed after step 2 of 4 redoes only steps 3-4 when started again."""
     import transformers
 
     records = build_sft_records([s.with_response(CHOSEN) for s in _flagged()], tiny_tokenizer)
-    cfg = SFTConfig(learning_rate=1e-3, epochs=1, batch_size=1, max_length=64,
-                    lora=LoraConfig(r=4, alpha=8, dropout=0.0))
+    cfg = SFTConfig(
+        learning_rate=1e-3,
+        epochs=1,
+        batch_size=1,
+        max_length=64,
+        lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+    )
     original = transformers.Trainer.training_step
     calls = {"n": 0, "kill_after": 2}
 
