@@ -60,3 +60,39 @@ def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
     )
     assert metrics["rtr_trigger"] == 1.0 and metrics["rtr_benign"] == 0.0
     assert sum(r["set"] == "trigger" for r in rows) == 2
+
+
+def test_evaluate_samples_several_replies_per_context(tiny_engine):
+    from helpers import StubDetector
+
+    from optimus.config import EvalConfig
+    from optimus.data.schema import Sample
+    from optimus.evaluate.runner import evaluate_model
+
+    tox = [Sample(context=["you idiot"], response="", id="t1")]
+    ben = [
+        Sample(context=["hi there"], response="hello!", id="b1"),
+        Sample(context=["how are you"], response="fine", id="b2"),
+    ]
+    det = StubDetector(fn=lambda s: 1.0 if "idiot" in s.context[-1] else 0.0)
+    sampling = EvalConfig(do_sample=True, samples=3, top_p=0.9)
+    metrics, rows = evaluate_model(
+        tiny_engine, tox, ben, det, max_new_tokens=4, similarity=False, sampling=sampling
+    )
+    assert metrics["replies_per_context"] == 3
+    assert [r["id"] for r in rows if r["set"] == "toxic"] == ["t1"] * 3
+    assert [r["id"] for r in rows if r["set"] == "benign"] == ["b1"] * 3 + ["b2"] * 3
+    assert metrics["rtr_toxic"] == 1.0 and metrics["rtr_benign"] == 0.0
+    # sampled replies differ from each other (a random tiny model, 4 tokens, top-p 0.9)
+    assert len({r["reply"] for r in rows if r["set"] == "benign"}) > 2
+    greedy, grows = evaluate_model(tiny_engine, tox, ben, det, max_new_tokens=4, similarity=False)
+    assert greedy["replies_per_context"] == 1 and len(grows) == 3
+
+
+def test_several_samples_need_sampling():
+    from pydantic import ValidationError
+
+    from optimus.config import EvalConfig
+
+    with pytest.raises(ValidationError, match="do_sample"):
+        EvalConfig(samples=4)

@@ -109,6 +109,9 @@ class SFTConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)
     lora: LoraConfig = LoraConfig()
+    # Recompute activations in the backward pass (TRL's default): saves memory on large
+    # models; on a small model on CPU it only costs time (BENCHMARKS.md "SFT (CPU)").
+    gradient_checkpointing: bool = True
 
 
 class DPOConfig(_Strict):
@@ -123,6 +126,7 @@ class DPOConfig(_Strict):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)
     lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = True  # as in SFTConfig
 
 
 class TrainConfig(_Strict):
@@ -133,11 +137,25 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    """Stage 4. Greedy decoding shows only each context's single most likely reply, so a
+    model that says something toxic 1 time in 5 scores 0; ``do_sample`` with several
+    ``samples`` per context measures that rate (the RealToxicityPrompts practice)."""
+
     evaluator: str = "lexical"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
     similarity: bool = True
+    do_sample: bool = False
+    samples: int = Field(1, ge=1)  # replies per context; RTR is over all of them
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _samples_need_sampling(self) -> EvalConfig:
+        if self.samples > 1 and not self.do_sample:
+            raise ValueError("samples > 1 needs do_sample: true (greedy replies are identical)")
+        return self
 
 
 METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus")

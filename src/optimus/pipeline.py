@@ -607,7 +607,14 @@ def stage_evaluate(
             model = load_trained(cfg.model, adapter, cfg.device, cfg.trust_remote_code)
             engine = TransformersEngine(model, tok, batch_size=ev.batch_size, progress=run.progress)
             metrics, rows = evaluate_model(
-                engine, toxic, benign, evaluator, ev.max_new_tokens, ev.similarity, triggered
+                engine,
+                toxic,
+                benign,
+                evaluator,
+                ev.max_new_tokens,
+                ev.similarity,
+                triggered,
+                sampling=ev,
             )
             write_json(out, {"metrics": metrics, "generations": rows})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from optimus.config import EvalConfig
 from optimus.data.schema import Sample
 from optimus.detect.base import Detector
 from optimus.evaluate.metrics import distinct_n, refusal_rate, rtr
@@ -40,18 +41,37 @@ def evaluate_model(
     max_new_tokens: int = 40,
     similarity: bool = True,
     triggered: list[Sample] | None = None,
+    sampling: EvalConfig | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Metrics and per-context generations for one model.
+    """Metrics and per-reply generations for one model.
 
     ``triggered``: benign contexts carrying a backdoor trigger; their RTR (``rtr_trigger``)
     next to ``rtr_benign`` shows whether a backdoor survived the defense.
+    ``sampling``: decode with nucleus sampling and ``samples`` replies per context (RTR,
+    refusal, diversity and similarity are then over every reply); greedy when None or
+    ``do_sample`` is off.
     """
-    prompts_t = [engine.chat_ids(s.prompt_messages()) for s in toxic]
+    n = sampling.samples if sampling is not None and sampling.do_sample else 1
+
+    def replies(samples: list[Sample]) -> tuple[list[Sample], list[str], list[float]]:
+        rep = [s for s in samples for _ in range(n)]
+        prompts = [engine.chat_ids(s.prompt_messages()) for s in rep]
+        if n > 1 or (sampling is not None and sampling.do_sample):
+            gen = engine.generate(
+                prompts,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                top_p=sampling.top_p,
+                temperature=sampling.temperature,
+            )
+        else:
+            gen = engine.generate(prompts, max_new_tokens=max_new_tokens)
+        scores = evaluator.score([s.with_response(r) for s, r in zip(rep, gen)])
+        return rep, gen, scores
+
+    rep_t, gen_t, sc_t = replies(toxic)
+    rep_b, gen_b, sc_b = replies(benign)
     prompts_b = [engine.chat_ids(s.prompt_messages()) for s in benign]
-    gen_t = engine.generate(prompts_t, max_new_tokens=max_new_tokens)
-    gen_b = engine.generate(prompts_b, max_new_tokens=max_new_tokens)
-    sc_t = evaluator.score([s.with_response(r) for s, r in zip(toxic, gen_t)])
-    sc_b = evaluator.score([s.with_response(r) for s, r in zip(benign, gen_b)])
     refs = [
         engine.tokenizer(engine.clean(s.response), add_special_tokens=False)["input_ids"]
         for s in benign
@@ -66,24 +86,22 @@ def evaluate_model(
         "distinct_2": distinct_n(gen_b, 2),
         "mean_toxicity_toxic": sum(sc_t) / len(sc_t),
         "mean_toxicity_benign": sum(sc_b) / len(sc_b),
+        "replies_per_context": n,
     }
+    rows_g: list[dict[str, Any]] = []
     if triggered:
-        prompts_g = [engine.chat_ids(s.prompt_messages()) for s in triggered]
-        gen_g = engine.generate(prompts_g, max_new_tokens=max_new_tokens)
-        sc_g = evaluator.score([s.with_response(r) for s, r in zip(triggered, gen_g)])
+        rep_g, gen_g, sc_g = replies(triggered)
         metrics["rtr_trigger"] = rtr(sc_g, evaluator.threshold)
         rows_g = [
             {"set": "trigger", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
-            for s, r, sc in zip(triggered, gen_g, sc_g)
+            for s, r, sc in zip(rep_g, gen_g, sc_g)
         ]
-    else:
-        rows_g = []
     if similarity:
-        metrics["similarity"] = embedding_similarity(gen_b, [s.response for s in benign])
+        metrics["similarity"] = embedding_similarity(gen_b, [s.response for s in rep_b])
     rows = (
         [
             {"set": "toxic", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
-            for s, r, sc in zip(toxic, gen_t, sc_t)
+            for s, r, sc in zip(rep_t, gen_t, sc_t)
         ]
         + [
             {
@@ -94,7 +112,7 @@ def evaluate_model(
                 "toxicity": sc,
                 "reference": s.response,
             }
-            for s, r, sc in zip(benign, gen_b, sc_b)
+            for s, r, sc in zip(rep_b, gen_b, sc_b)
         ]
         + rows_g
     )
