@@ -144,6 +144,7 @@ def _common_args(
         "dataloader_num_workers": 0,
         "disable_tqdm": not progress,
         "bf16": _use_bf16(),
+        "gradient_checkpointing": cfg.gradient_checkpointing,
         # Explicit on CPU-only machines so that several processes under
         # `accelerate launch` form a gloo process group instead of each training alone.
         "use_cpu": not _has_cuda(),
