@@ -254,3 +254,15 @@ def test_auc_ties_and_one_class():
     assert auc([1, 0], [0.5, 0.5]) == 0.5
     assert auc([1, 1, 0], [0.2, 0.9, 0.5]) == 0.5
     assert math.isnan(auc([1, 1], [0.1, 0.2]))
+
+
+def test_auc_matches_pairwise_count_with_ties():
+    import random
+
+    rng = random.Random(3)
+    labels = [rng.randint(0, 1) for _ in range(300)]
+    scores = [rng.choice([0.1, 0.2, 0.5, 0.5, 0.7, 0.9]) for _ in range(300)]
+    pos = [s for y, s in zip(labels, scores) if y == 1]
+    neg = [s for y, s in zip(labels, scores) if y == 0]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    assert auc(labels, scores) == pytest.approx(wins / (len(pos) * len(neg)))

@@ -33,16 +33,20 @@ def classification_metrics(
 
 
 def auc(labels: list[int], scores: list[float]) -> float:
-    """ROC AUC by the rank-sum formula (ties count half); NaN with one class only."""
-    pos = [s for y, s in zip(labels, scores) if y == 1]
-    neg = [s for y, s in zip(labels, scores) if y == 0]
-    if not pos or not neg:
+    """ROC AUC by the Mann-Whitney rank sum (ties count half); NaN with one class only.
+
+    O(n log n) with average ranks, so scoring a 100k-dialog scan stays instant (the pairwise
+    count it replaces was O(n_pos x n_neg)).
+    """
+    from scipy.stats import rankdata
+
+    n_pos = sum(1 for y in labels if y == 1)
+    n_neg = sum(1 for y in labels if y == 0)
+    if not n_pos or not n_neg:
         return float("nan")
-    wins = 0.0
-    for p in pos:
-        for n in neg:
-            wins += 1.0 if p > n else 0.5 if p == n else 0.0
-    return wins / (len(pos) * len(neg))
+    ranks = rankdata(scores, method="average")
+    rank_sum = float(sum(r for y, r in zip(labels, ranks) if y == 1))
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def fmt(x: float) -> str:
