@@ -58,6 +58,9 @@ def test_rows_cover_every_cell(sweep):
     assert by[(0.5, "filter")]["detector_recall"] == 0.5  # 4 toxic -> 2 caught
     # no_defense is trained once and repeated: same numbers at both recalls
     assert by[(1.0, "no_defense")]["perplexity"] == by[(0.5, "no_defense")]["perplexity"]
+    for r in rows:
+        assert r["rtr_toxic_lo"] <= r["rtr_toxic"] <= r["rtr_toxic_hi"]
+        assert r["rtr_benign_lo"] <= r["rtr_benign"] <= r["rtr_benign_hi"]
     with (root / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     res = json.loads((root / "results.json").read_text())
@@ -92,3 +95,39 @@ def test_bad_experiment_config(tmp_path):
     p.write_text("recalls: [0]\n")
     with pytest.raises(OptimusError, match="recalls"):
         load_experiment(p)
+
+
+def test_cells_run_in_given_order_and_results_survive_a_stop(tiny_model_dir, tmp_path, monkeypatch):
+    """recalls [0.5, 1.0]: the 0.5 cell runs first (and trains no_defense); when the
+    second cell dies, the first cell's rows are already in results.json / report.html."""
+    import optimus.experiment as experiment
+
+    data = _exp(tiny_model_dir).model_dump()
+    data.update(methods=["no_defense", "filter"], recalls=[0.5, 1.0], attacks=False)
+    exp = ExperimentConfig.model_validate(data)
+    real = experiment.stage_evaluate
+    calls = []
+
+    def dying(cell, *a, **kw):
+        calls.append(cell.dir.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cell, *a, **kw)
+
+    monkeypatch.setattr(experiment, "stage_evaluate", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path, progress=False)
+    assert calls == ["recall0.5", "recall1"]
+    assert (tmp_path / "seed0" / "recall0.5" / "train" / "sft-all").is_dir()
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["recall_target"], r["method"]) for r in res["rows"]} == {
+        (0.5, "no_defense"),
+        (0.5, "filter"),
+    }
+    assert "RTR vs recall" in (tmp_path / "report.html").read_text()
+    # the rerun resumes: only the missing cell is trained and evaluated
+    monkeypatch.setattr(experiment, "stage_evaluate", real)
+    rows = run_experiment(exp, tmp_path, progress=False)
+    assert {(r["recall_target"], r["method"]) for r in rows} == {
+        (r, m) for r in (0.5, 1.0) for m in ("no_defense", "filter")
+    }

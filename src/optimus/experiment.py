@@ -17,6 +17,7 @@ folder.
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 import statistics
 import time
@@ -42,7 +43,16 @@ from optimus.pipeline import (
     stage_train,
 )
 
-METRIC_KEYS = ("rtr_toxic", "rtr_benign", "perplexity", "similarity", "over_refusal", "distinct_2")
+METRIC_KEYS = (
+    "rtr_toxic",
+    "rtr_benign",
+    "mean_toxicity_toxic",
+    "mean_toxicity_benign",
+    "perplexity",
+    "similarity",
+    "over_refusal",
+    "distinct_2",
+)
 
 
 class ExperimentConfig(_Strict):
@@ -100,17 +110,23 @@ def _seed_base(exp: ExperimentConfig, root: Path, seed: int, progress: bool) -> 
 
 
 def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> list[dict]:
-    """Run the sweep; returns one result row per (seed, recall, method)."""
+    """Run the sweep; returns one result row per (seed, recall, method).
+
+    Cells run in the order ``recalls`` are given (put the setting that matters first);
+    results, CSV and report are rewritten after every cell, so a sweep stopped part-way
+    still leaves every finished cell's numbers, and a rerun resumes the rest.
+    """
     from tqdm.auto import tqdm
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "experiment.yaml").write_text(yaml.safe_dump(exp.model_dump(), sort_keys=False))
     rows: list[dict[str, Any]] = []
-    recalls = sorted(set(exp.recalls), reverse=True)
+    recalls = list(dict.fromkeys(exp.recalls))
     cells = [(s, r) for s in exp.seeds for r in recalls]
     bar = tqdm(cells, desc="experiment", unit="cell", disable=not progress)
     t0 = time.time()
     attack_rows: list[dict[str, Any]] = []
+    final: list[dict[str, Any]] = []
     for seed, recall in bar:
         bar.set_postfix(seed=seed, recall=recall)
         base = _seed_base(exp, root, seed, progress)
@@ -146,43 +162,81 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
                     "flagged": det.get("flagged"),
                     "method": method,
                     **{k: m.get(k) for k in METRIC_KEYS},
+                    **rtr_intervals(cell.dir / "eval" / f"{method}.json", cfg.evaluate.threshold),
                 }
             )
         if exp.attacks and first:
             attack_rows += attack_table(base, seed, exp.attack_detectors)
-    # no_defense does not depend on the detector: repeat its row at every recall
-    for r in list(rows):
+        final = _write_results(exp, root, rows, attack_rows, time.time() - t0)
+    return final
+
+
+def _write_results(
+    exp: ExperimentConfig,
+    root: Path,
+    rows: list[dict[str, Any]],
+    attack_rows: list[dict[str, Any]],
+    seconds: float,
+) -> list[dict[str, Any]]:
+    """results.json / .csv / report.html for the cells finished so far (atomic writes).
+
+    no_defense does not depend on the detector: it is trained once per seed and its row
+    is repeated at every recall that seed has run so far.
+    """
+    out_rows = [r for r in rows if r["method"] != "no_defense"]
+    for r in rows:
         if r["method"] == "no_defense":
-            for recall in recalls[1:]:
-                rows.append(
-                    {
-                        **r,
-                        "recall_target": recall,
-                        "detector_recall": None,
-                        "detector_precision": None,
-                        "flagged": None,
-                    }
-                )
-    rows.sort(key=lambda r: (r["seed"], -r["recall_target"], exp.methods.index(r["method"])))
-    summary = summarise(rows, exp.methods, recalls)
+            ran = {x["recall_target"] for x in rows if x["seed"] == r["seed"]}
+            out_rows.append(r)
+            out_rows += [
+                {
+                    **r,
+                    "recall_target": recall,
+                    "detector_recall": None,
+                    "detector_precision": None,
+                    "flagged": None,
+                }
+                for recall in sorted(ran, reverse=True)
+                if recall != r["recall_target"]
+            ]
+    out_rows.sort(key=lambda r: (r["seed"], -r["recall_target"], exp.methods.index(r["method"])))
+    recalls = sorted({r["recall_target"] for r in out_rows}, reverse=True)
+    summary = summarise(out_rows, exp.methods, recalls)
     out = {
         "name": exp.name,
-        "rows": rows,
+        "rows": out_rows,
         "summary": summary,
         "attacks": attack_rows,
         "config": exp.model_dump(),
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(seconds, 1),
     }
     write_json(root / "results.json", out)
     with atomic_path(root / "results.csv") as tmp, tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w = csv.DictWriter(fh, fieldnames=list(out_rows[0]))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(out_rows)
     from optimus.report.experiment import render_experiment
 
     with atomic_path(root / "report.html") as tmp:
         tmp.write_text(render_experiment(out), encoding="utf-8")
-    return rows
+    return out_rows
+
+
+def rtr_intervals(eval_json: Path, threshold: float) -> dict[str, float]:
+    """95 % bootstrap intervals (over contexts) of RTR on toxic and benign contexts, from
+    the per-reply scores a cell's evaluation stored."""
+    from optimus.evaluate.metrics import rtr_interval
+
+    out: dict[str, float] = {}
+    gens = json.loads(eval_json.read_text(encoding="utf-8"))["generations"]
+    for name in ("toxic", "benign"):
+        by_ctx: dict[str, list[float]] = {}
+        for g in gens:
+            if g["set"] == name:
+                by_ctx.setdefault(g["id"], []).append(g["toxicity"])
+        lo, hi = rtr_interval(list(by_ctx.values()), threshold)
+        out[f"rtr_{name}_lo"], out[f"rtr_{name}_hi"] = lo, hi
+    return out
 
 
 def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> list[dict]:
@@ -198,6 +252,9 @@ def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> lis
                 vals = [r[k] for r in group if r.get(k) is not None]
                 entry[k] = statistics.fmean(vals) if vals else None
                 entry[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+            if len(group) == 1:  # one seed: the bootstrap interval over contexts
+                for k in ("rtr_toxic_lo", "rtr_toxic_hi", "rtr_benign_lo", "rtr_benign_hi"):
+                    entry[k] = group[0].get(k)
             out.append(entry)
     return out
 

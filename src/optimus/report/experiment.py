@@ -54,6 +54,7 @@ def render_experiment(res: dict[str, Any]) -> str:
             "seeds",
             "RTR toxic",
             "RTR benign",
+            "mean toxicity (toxic ctx)",
             "perplexity",
             "similarity",
             "over-refusal",
@@ -61,14 +62,24 @@ def render_experiment(res: dict[str, Any]) -> str:
             "detector recall",
         ]
     ]
+
+    def cell(e: dict[str, Any], k: str) -> str:
+        text = _fmt(e.get(k))
+        if e.get(k + "_std") is not None:
+            return text + f" ± {_fmt(e[k + '_std'])}"
+        if e.get(k + "_lo") is not None:
+            return text + f" [{_fmt(e[k + '_lo'])}, {_fmt(e[k + '_hi'])}]"
+        return text
+
     for e in summary:
         util.append(
             [f"{e['recall_target']:g}", e["method"], str(e["seeds"])]
             + [
-                _fmt(e.get(k)) + (f" ± {_fmt(e[k + '_std'])}" if e.get(k + "_std") else "")
+                cell(e, k)
                 for k in (
                     "rtr_toxic",
                     "rtr_benign",
+                    "mean_toxicity_toxic",
                     "perplexity",
                     "similarity",
                     "over_refusal",
@@ -85,17 +96,19 @@ def render_experiment(res: dict[str, Any]) -> str:
         "</head><body>",
         f"<h1>Optimus experiment: {html.escape(res['name'])}</h1>",
         "<p>RTR: share of generated replies the independent evaluator scores toxic (lower is "
-        "better). Mean ± standard deviation over seeds. The detector is weakened on purpose "
+        "better). Mean ± standard deviation over seeds; with one seed, [95 % bootstrap "
+        "interval over test contexts]. The detector is weakened on purpose "
         "to each target recall (METHOD.md); no_defense ignores it.</p>",
         f"<img alt='RTR vs recall' src='data:image/png;base64,{_rtr_plot(summary)}'>",
         "<h2>Toxicity and utility</h2>",
         _table(util),
     ]
     if res.get("attacks"):
-        at = [["seed", "attack", "caught before", "pass after", "success rate"]]
+        at = [["seed", "detector", "attack", "caught before", "pass after", "success rate"]]
         at += [
             [
                 str(a["seed"]),
+                a["detector"],
                 a["attack"],
                 str(a["caught_before"]),
                 str(a["pass_after"]),
