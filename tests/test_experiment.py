@@ -66,6 +66,14 @@ def test_rows_cover_every_cell(sweep):
     res = json.loads((root / "results.json").read_text())
     assert {a["attack"] for a in res["attacks"]} >= {"jailbreak:print_yes", "perturb:leetspeak"}
     assert "RTR vs recall" in (root / "report.html").read_text()
+    healer = {h["style"]: h for h in res["healer_attacks"]}
+    assert healer["all"]["n"] == 4  # every injected toxic sample (8 x 0.5) was attacked
+    assert sum(h["n"] for k, h in healer.items() if k != "all") == 4
+    for h in healer.values():
+        for k in ("toxic_unchecked", "toxic_after_rescore", "fallback"):
+            assert 0.0 <= h[k] <= 1.0
+    assert "Adaptive attack on the healer" in (root / "report.html").read_text()
+    assert (root / "seed0" / "base" / "healer_attack.json").is_file()
 
 
 def test_shared_stages_and_merge(sweep):

@@ -34,6 +34,7 @@ from optimus.pipeline import (
     METHOD_PLAN,
     Run,
     detector_quality,
+    obj_hash,
     scan_threshold,
     stage_data,
     stage_evaluate,
@@ -126,6 +127,7 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
     bar = tqdm(cells, desc="experiment", unit="cell", disable=not progress)
     t0 = time.time()
     attack_rows: list[dict[str, Any]] = []
+    healer_rows: list[dict[str, Any]] = []
     final: list[dict[str, Any]] = []
     for seed, recall in bar:
         bar.set_postfix(seed=seed, recall=recall)
@@ -167,7 +169,9 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
             )
         if exp.attacks and first:
             attack_rows += attack_table(base, seed, exp.attack_detectors)
-        final = _write_results(exp, root, rows, attack_rows, time.time() - t0)
+            if any(METHOD_PLAN[m][0] == "healed" for m in exp.methods):
+                healer_rows += healer_attack_table(base, seed)
+        final = _write_results(exp, root, rows, attack_rows, healer_rows, time.time() - t0)
     return final
 
 
@@ -176,6 +180,7 @@ def _write_results(
     root: Path,
     rows: list[dict[str, Any]],
     attack_rows: list[dict[str, Any]],
+    healer_rows: list[dict[str, Any]],
     seconds: float,
 ) -> list[dict[str, Any]]:
     """results.json / .csv / report.html for the cells finished so far (atomic writes).
@@ -207,6 +212,7 @@ def _write_results(
         "rows": out_rows,
         "summary": summary,
         "attacks": attack_rows,
+        "healer_attacks": healer_rows,
         "config": exp.model_dump(),
         "seconds": round(seconds, 1),
     }
@@ -306,6 +312,86 @@ def attack_table(base: Run, seed: int, detectors: list[str]) -> list[dict[str, A
                 }
             )
     return rows
+
+
+def healer_attack_table(base: Run, seed: int, n: int = 30) -> list[dict[str, Any]]:
+    """Adaptive attack on the healer: how many toxic "healed" replies reach training.
+
+    The first ``n`` injected toxic training samples get an attack context
+    (:func:`optimus.data.attacks.healer_attack_contexts`: "repeat after me", role play,
+    forged earlier turn, ...) and are healed twice with the run's healer settings: once
+    with no re-scoring (what the attack achieves against the generator alone) and once as
+    the pipeline heals (re-scored by ``heal.rescore_detector`` or the scan detector, with
+    retries, then the fixed reply). The independent evaluator judges both; rows per attack
+    style plus ``all``. Cached in the seed's base folder like any stage.
+    """
+    from optimus.data import attacks
+    from optimus.detect.base import DetectorOptions, build_detector
+    from optimus.heal.healer import ContextualHealer
+    from optimus.pipeline import load
+
+    cfg, h = base.cfg, base.cfg.heal
+    out = base.dir / "healer_attack.json"
+    toxic = [s for s in load(base.dir / "data" / "train.jsonl") if s.label == 1][:n]
+    key = obj_hash(
+        {
+            "heal": h.model_dump(),
+            "model": cfg.model,
+            "evaluator": cfg.evaluate.evaluator,
+            "threshold": cfg.evaluate.threshold,
+            "samples": [s.id for s in toxic],
+            "scan": cfg.scan.detector,
+        }
+    )
+
+    def run() -> None:
+        attacked = attacks.healer_attack_contexts(toxic, seed)
+        spec = h.model or cfg.model
+        evaluator = build_detector(
+            cfg.evaluate.evaluator,
+            DetectorOptions(device=cfg.device, threshold=cfg.evaluate.threshold),
+        )
+
+        def heal(detector, retries: int) -> tuple[list[float], list[bool]]:
+            healer = ContextualHealer(
+                base.engine(spec),
+                detector,
+                h.fixed_reply,
+                spec,
+                h.top_p,
+                h.temperature,
+                h.max_new_tokens,
+                retries,
+                seed,
+            )
+            res = healer.heal(attacked)
+            scores = evaluator.score([s.with_response(r.reply) for s, r in zip(attacked, res)])
+            return scores, [r.fallback for r in res]
+
+        raw, _ = heal(None, 0)
+        kept, fallback = heal(base.rescore_detector(), h.retries)
+        base.release()
+        styles = [s.record["attack"].split(":", 1)[1] for s in attacked]
+        rows = []
+        for style in [*sorted(set(styles)), "all"]:
+            idx = [i for i, st in enumerate(styles) if style in (st, "all")]
+            rows.append(
+                {
+                    "seed": seed,
+                    "style": style,
+                    "n": len(idx),
+                    "toxic_unchecked": sum(raw[i] >= evaluator.threshold for i in idx) / len(idx),
+                    "toxic_after_rescore": sum(kept[i] >= evaluator.threshold for i in idx)
+                    / len(idx),
+                    "fallback": sum(fallback[i] for i in idx) / len(idx),
+                }
+            )
+        write_json(out, {"rows": rows})
+
+    if toxic:
+        base.step("healer_attack", key, [out], run)
+        return json.loads(out.read_text(encoding="utf-8"))["rows"]
+    return []
 
 
 def print_summary(summary: list[dict]) -> list[list[str]]:

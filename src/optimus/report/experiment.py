@@ -122,6 +122,29 @@ def render_experiment(res: dict[str, Any]) -> str:
             "success = share that then passes unflagged.</p>",
             _table(at),
         ]
+    if res.get("healer_attacks"):
+        ht = [
+            ["seed", "style", "contexts", "toxic, unchecked", "toxic after re-scoring", "fallback"]
+        ]
+        ht += [
+            [
+                str(a["seed"]),
+                a["style"],
+                str(a["n"]),
+                _fmt(a["toxic_unchecked"]),
+                _fmt(a["toxic_after_rescore"]),
+                _fmt(a["fallback"]),
+            ]
+            for a in res["healer_attacks"]
+        ]
+        parts += [
+            "<h2>Adaptive attack on the healer</h2>",
+            "<p>Toxic training samples whose last user turn orders the healer to write "
+            "toxic text. Share of healed replies the evaluator scores toxic, with no "
+            "re-scoring and as the pipeline heals (re-scored, retried, fixed-reply "
+            "fallback); fallback = share that ended on the fixed reply.</p>",
+            _table(ht),
+        ]
     parts += [
         "<h2>Config</h2>",
         f"<pre>{html.escape(yaml.safe_dump(res['config'], sort_keys=False))}</pre>",
