@@ -58,6 +58,7 @@ def test_rows_cover_every_cell(sweep):
     assert by[(0.5, "filter")]["detector_recall"] == 0.5  # 4 toxic -> 2 caught
     # no_defense is trained once and repeated: same numbers at both recalls
     assert by[(1.0, "no_defense")]["perplexity"] == by[(0.5, "no_defense")]["perplexity"]
+    assert by[(1.0, "no_defense")]["detector_recall"] is None  # it ignores the detector
     for r in rows:
         assert r["rtr_toxic_lo"] <= r["rtr_toxic"] <= r["rtr_toxic_hi"]
         assert r["rtr_benign_lo"] <= r["rtr_benign"] <= r["rtr_benign_hi"]

@@ -192,17 +192,9 @@ def _write_results(
     for r in rows:
         if r["method"] == "no_defense":
             ran = {x["recall_target"] for x in rows if x["seed"] == r["seed"]}
-            out_rows.append(r)
+            undetected = {"detector_recall": None, "detector_precision": None, "flagged": None}
             out_rows += [
-                {
-                    **r,
-                    "recall_target": recall,
-                    "detector_recall": None,
-                    "detector_precision": None,
-                    "flagged": None,
-                }
-                for recall in sorted(ran, reverse=True)
-                if recall != r["recall_target"]
+                {**r, "recall_target": recall, **undetected} for recall in sorted(ran, reverse=True)
             ]
     out_rows.sort(key=lambda r: (r["seed"], -r["recall_target"], exp.methods.index(r["method"])))
     recalls = sorted({r["recall_target"] for r in out_rows}, reverse=True)
