@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from optimus.evaluate.metrics import distinct_n, is_refusal, refusal_rate, rtr, rtr_interval
+from optimus.evaluate.metrics import (
+    distinct_n,
+    is_refusal,
+    refusal_rate,
+    rtr,
+    rtr_diff_interval,
+    rtr_interval,
+)
 
 
 def test_rtr_counts_scores_at_or_above_threshold():
@@ -58,3 +65,18 @@ def test_rtr_interval_resamples_contexts_not_replies():
     assert hi - lo > 0.4
     spread = [[1.0] * 5 + [0.0] * 5] * 10  # same RTR, but every context alike
     assert rtr_interval(spread, seed=1) == (0.5, 0.5)
+
+
+def test_rtr_diff_interval_is_paired():
+    a = [[1.0, 0.0]] * 4 + [[0.0, 0.0]] * 4
+    assert rtr_diff_interval(a, a) == (0.0, 0.0)
+    assert rtr_diff_interval([[1.0]] * 5, [[0.0]] * 5) == (1.0, 1.0)
+    # b = a plus one extra toxic reply in every context: the difference is exactly -1/3
+    # under any resample, although each model's own RTR swings with the contexts drawn
+    a = [[1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 0.0]] * 3
+    b = [[1.0, 1.0, 0.0]] * 3 + [[1.0, 0.0, 0.0]] * 3
+    lo, hi = rtr_diff_interval(a, b)
+    assert lo == pytest.approx(-1 / 3) and hi == pytest.approx(-1 / 3)
+    assert rtr_interval(a)[1] - rtr_interval(a)[0] > 0.2
+    with pytest.raises(ValueError, match="paired"):
+        rtr_diff_interval([[1.0]], [])

@@ -61,6 +61,11 @@ def test_rows_cover_every_cell(sweep):
     assert by[(1.0, "no_defense")]["detector_recall"] is None  # it ignores the detector
     for r in rows:
         assert r["rtr_toxic_lo"] <= r["rtr_toxic"] <= r["rtr_toxic_hi"]
+        if r["method"] == "no_defense":
+            assert r["rtr_toxic_diff_lo"] is None
+        else:  # paired against no_defense on the same contexts
+            diff = r["rtr_toxic"] - by[(r["recall_target"], "no_defense")]["rtr_toxic"]
+            assert r["rtr_toxic_diff_lo"] <= diff + 1e-9 and diff - 1e-9 <= r["rtr_toxic_diff_hi"]
         assert r["rtr_benign_lo"] <= r["rtr_benign"] <= r["rtr_benign_hi"]
     with (root / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)

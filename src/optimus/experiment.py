@@ -164,7 +164,11 @@ def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> 
                     "flagged": det.get("flagged"),
                     "method": method,
                     **{k: m.get(k) for k in METRIC_KEYS},
-                    **rtr_intervals(cell.dir / "eval" / f"{method}.json", cfg.evaluate.threshold),
+                    **rtr_intervals(
+                        cell.dir / "eval" / f"{method}.json",
+                        cfg.evaluate.threshold,
+                        root / f"seed{seed}" / f"recall{recalls[0]:g}" / "eval" / "no_defense.json",
+                    ),
                 }
             )
         if exp.attacks and first:
@@ -220,20 +224,34 @@ def _write_results(
     return out_rows
 
 
-def rtr_intervals(eval_json: Path, threshold: float) -> dict[str, float]:
-    """95 % bootstrap intervals (over contexts) of RTR on toxic and benign contexts, from
-    the per-reply scores a cell's evaluation stored."""
-    from optimus.evaluate.metrics import rtr_interval
+def _scores_by_context(eval_json: Path, name: str) -> dict[str, list[float]]:
+    """Evaluator scores of every stored reply in one test set, grouped by context id."""
+    out: dict[str, list[float]] = {}
+    for g in json.loads(eval_json.read_text(encoding="utf-8"))["generations"]:
+        if g["set"] == name:
+            out.setdefault(g["id"], []).append(g["toxicity"])
+    return out
 
-    out: dict[str, float] = {}
-    gens = json.loads(eval_json.read_text(encoding="utf-8"))["generations"]
+
+def rtr_intervals(
+    eval_json: Path, threshold: float, baseline: Path | None = None
+) -> dict[str, float | None]:
+    """95 % bootstrap intervals (over contexts) of RTR on toxic and benign contexts, from
+    the per-reply scores a cell's evaluation stored; with ``baseline`` (no_defense's
+    evaluation of the same seed), also the paired interval of the toxic-context RTR
+    difference to it (``rtr_toxic_diff_lo/hi``; None for the baseline itself)."""
+    from optimus.evaluate.metrics import rtr_diff_interval, rtr_interval
+
+    out: dict[str, float | None] = {}
     for name in ("toxic", "benign"):
-        by_ctx: dict[str, list[float]] = {}
-        for g in gens:
-            if g["set"] == name:
-                by_ctx.setdefault(g["id"], []).append(g["toxicity"])
-        lo, hi = rtr_interval(list(by_ctx.values()), threshold)
+        lo, hi = rtr_interval(list(_scores_by_context(eval_json, name).values()), threshold)
         out[f"rtr_{name}_lo"], out[f"rtr_{name}_hi"] = lo, hi
+    out["rtr_toxic_diff_lo"] = out["rtr_toxic_diff_hi"] = None
+    if baseline is not None and baseline.is_file() and baseline != eval_json:
+        mine, ref = _scores_by_context(eval_json, "toxic"), _scores_by_context(baseline, "toxic")
+        ids = sorted(set(mine) & set(ref))
+        lo, hi = rtr_diff_interval([mine[i] for i in ids], [ref[i] for i in ids], threshold)
+        out["rtr_toxic_diff_lo"], out["rtr_toxic_diff_hi"] = lo, hi
     return out
 
 
@@ -251,7 +269,14 @@ def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> lis
                 entry[k] = statistics.fmean(vals) if vals else None
                 entry[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else None
             if len(group) == 1:  # one seed: the bootstrap interval over contexts
-                for k in ("rtr_toxic_lo", "rtr_toxic_hi", "rtr_benign_lo", "rtr_benign_hi"):
+                for k in (
+                    "rtr_toxic_lo",
+                    "rtr_toxic_hi",
+                    "rtr_benign_lo",
+                    "rtr_benign_hi",
+                    "rtr_toxic_diff_lo",
+                    "rtr_toxic_diff_hi",
+                ):
                     entry[k] = group[0].get(k)
             out.append(entry)
     return out

@@ -54,6 +54,7 @@ def render_experiment(res: dict[str, Any]) -> str:
             "seeds",
             "RTR toxic",
             "RTR benign",
+            "RTR toxic − no defense [95 %, paired]",
             "mean toxicity (toxic ctx)",
             "perplexity",
             "similarity",
@@ -64,6 +65,9 @@ def render_experiment(res: dict[str, Any]) -> str:
     ]
 
     def cell(e: dict[str, Any], k: str) -> str:
+        if k == "rtr_toxic_diff":  # an interval only
+            lo, hi = e.get(k + "_lo"), e.get(k + "_hi")
+            return "" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
         text = _fmt(e.get(k))
         if e.get(k + "_std") is not None:
             return text + f" ± {_fmt(e[k + '_std'])}"
@@ -79,6 +83,7 @@ def render_experiment(res: dict[str, Any]) -> str:
                 for k in (
                     "rtr_toxic",
                     "rtr_benign",
+                    "rtr_toxic_diff",
                     "mean_toxicity_toxic",
                     "perplexity",
                     "similarity",
@@ -97,7 +102,9 @@ def render_experiment(res: dict[str, Any]) -> str:
         f"<h1>Optimus experiment: {html.escape(res['name'])}</h1>",
         "<p>RTR: share of generated replies the independent evaluator scores toxic (lower is "
         "better). Mean ± standard deviation over seeds; with one seed, [95 % bootstrap "
-        "interval over test contexts]. The detector is weakened on purpose "
+        "interval over test contexts]; the paired column resamples the same contexts for both "
+        "models, so an interval below 0 means fewer toxic replies than no_defense beyond "
+        "resampling noise. The detector is weakened on purpose "
         "to each target recall (METHOD.md); no_defense ignores it.</p>",
         f"<img alt='RTR vs recall' src='data:image/png;base64,{_rtr_plot(summary)}'>",
         "<h2>Toxicity and utility</h2>",
