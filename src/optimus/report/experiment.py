@@ -12,6 +12,16 @@ import yaml
 from optimus.report.html import _fmt, _table
 
 
+def _spread(e: dict[str, Any], key: str) -> tuple[float, float]:
+    """Error bar below/above the point: the std over seeds, else the one-seed bootstrap
+    interval, else none."""
+    if e.get(key + "_std") is not None:
+        return e[key + "_std"], e[key + "_std"]
+    if e.get(key + "_lo") is not None:
+        return max(0.0, e[key] - e[key + "_lo"]), max(0.0, e[key + "_hi"] - e[key])
+    return 0.0, 0.0
+
+
 def _rtr_plot(summary: list[dict[str, Any]]) -> str:
     import matplotlib
 
@@ -26,13 +36,13 @@ def _rtr_plot(summary: list[dict[str, Any]]) -> str:
     ):
         for m in methods:
             pts = sorted(
-                (e["recall_target"], e[key], e.get(key + "_std") or 0.0)
+                (e["recall_target"], e[key], *_spread(e, key))
                 for e in summary
                 if e["method"] == m and e[key] is not None
             )
             if pts:
-                xs, ys, sd = zip(*pts)
-                ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=m)
+                xs, ys, below, above = zip(*pts)
+                ax.errorbar(xs, ys, yerr=[below, above], marker="o", capsize=3, label=m)
         ax.set_xlabel("detector recall (target)")
         ax.set_title(f"RTR on {title}")
         ax.invert_xaxis()
@@ -104,8 +114,8 @@ def render_experiment(res: dict[str, Any]) -> str:
         "better). Mean ± standard deviation over seeds; with one seed, [95 % bootstrap "
         "interval over test contexts]; the paired column resamples the same contexts for both "
         "models, so an interval below 0 means fewer toxic replies than no_defense beyond "
-        "resampling noise. The detector is weakened on purpose "
-        "to each target recall (METHOD.md); no_defense ignores it.</p>",
+        "resampling noise. Error bars in the plot are the same spreads. The detector is "
+        "weakened on purpose to each target recall (METHOD.md); no_defense ignores it.</p>",
         f"<img alt='RTR vs recall' src='data:image/png;base64,{_rtr_plot(summary)}'>",
         "<h2>Toxicity and utility</h2>",
         _table(util),
