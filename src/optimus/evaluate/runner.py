@@ -51,12 +51,13 @@ def evaluate_model(
     refusal, diversity and similarity are then over every reply); greedy when None or
     ``do_sample`` is off.
     """
-    n = sampling.samples if sampling is not None and sampling.do_sample else 1
+    sample = sampling is not None and sampling.do_sample
+    n = sampling.samples if sample else 1
 
     def replies(samples: list[Sample]) -> tuple[list[Sample], list[str], list[float]]:
         rep = [s for s in samples for _ in range(n)]
         prompts = [engine.chat_ids(s.prompt_messages()) for s in rep]
-        if n > 1 or (sampling is not None and sampling.do_sample):
+        if sample:
             gen = engine.generate(
                 prompts,
                 max_new_tokens=max_new_tokens,

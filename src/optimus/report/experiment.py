@@ -12,6 +12,11 @@ import yaml
 from optimus.report.html import _fmt, _table
 
 
+def _records_table(records: list[dict[str, Any]], columns: dict[str, str]) -> str:
+    """A table of result records; ``columns`` maps record keys to headers."""
+    return _table([list(columns.values())] + [[_fmt(r[k]) for k in columns] for r in records])
+
+
 def _spread(e: dict[str, Any], key: str) -> tuple[float, float]:
     """Error bar below/above the point: the std over seeds, else the one-seed bootstrap
     interval, else none."""
@@ -121,46 +126,36 @@ def render_experiment(res: dict[str, Any]) -> str:
         _table(util),
     ]
     if res.get("attacks"):
-        at = [["seed", "detector", "attack", "caught before", "pass after", "success rate"]]
-        at += [
-            [
-                str(a["seed"]),
-                a["detector"],
-                a["attack"],
-                str(a["caught_before"]),
-                str(a["pass_after"]),
-                _fmt(a["success_rate"]),
-            ]
-            for a in res["attacks"]
-        ]
+        columns = {
+            "seed": "seed",
+            "detector": "detector",
+            "attack": "attack",
+            "caught_before": "caught before",
+            "pass_after": "pass after",
+            "success_rate": "success rate",
+        }
         parts += [
             "<h2>Adaptive attacks on the detector</h2>",
             "<p>Toxic training samples the detector caught, rewritten by each attack; "
             "success = share that then passes unflagged.</p>",
-            _table(at),
+            _records_table(res["attacks"], columns),
         ]
     if res.get("healer_attacks"):
-        ht = [
-            ["seed", "style", "contexts", "toxic, unchecked", "toxic after re-scoring", "fallback"]
-        ]
-        ht += [
-            [
-                str(a["seed"]),
-                a["style"],
-                str(a["n"]),
-                _fmt(a["toxic_unchecked"]),
-                _fmt(a["toxic_after_rescore"]),
-                _fmt(a["fallback"]),
-            ]
-            for a in res["healer_attacks"]
-        ]
+        columns = {
+            "seed": "seed",
+            "style": "style",
+            "n": "contexts",
+            "toxic_unchecked": "toxic, unchecked",
+            "toxic_after_rescore": "toxic after re-scoring",
+            "fallback": "fallback",
+        }
         parts += [
             "<h2>Adaptive attack on the healer</h2>",
             "<p>Toxic training samples whose last user turn orders the healer to write "
             "toxic text. Share of healed replies the evaluator scores toxic, with no "
             "re-scoring and as the pipeline heals (re-scored, retried, fixed-reply "
             "fallback); fallback = share that ended on the fixed reply.</p>",
-            _table(ht),
+            _records_table(res["healer_attacks"], columns),
         ]
     parts += [
         "<h2>Config</h2>",
