@@ -56,7 +56,7 @@ def evaluate_model(
 
     def replies(samples: list[Sample]) -> tuple[list[Sample], list[str], list[float]]:
         rep = [s for s in samples for _ in range(n)]
-        prompts = [engine.chat_ids(s.prompt_messages()) for s in rep]
+        prompts = [p for s in samples for p in [engine.chat_ids(s.prompt_messages())] * n]
         if sample:
             gen = engine.generate(
                 prompts,
