@@ -52,7 +52,7 @@ pip_install() { "$PY" -m pip install --progress-bar off "$@"; }
 # Reinstall only when something that decides the install changed.
 STAMP="$VENV/.optimus-setup"
 WANT="$(cat pyproject.toml setup.sh | sha256sum | cut -c1-16)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import optimus, torch" 2>/dev/null; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import optimus_lib, torch" 2>/dev/null; then
   echo "==> dependencies up to date (delete $STAMP to force a reinstall)"
 else
   echo "==> upgrading pip"

@@ -1,8 +1,8 @@
 """CPU benchmark of DPO training: tokens/s and peak memory of three reference setups.
 
-All three run ``optimus.train.trainers.train_dpo`` itself, on the bundled model
+All three run ``optimus_lib.train.trainers.train_dpo`` itself, on the bundled model
 (SmolLM2-135M-Instruct, fp32 on CPU), continuing the same SFT LoRA adapter on the same
-preference pairs, with the same ``optimus.config.DPOConfig`` (LoRA r=16 all-linear,
+preference pairs, with the same ``optimus_lib.config.DPOConfig`` (LoRA r=16 all-linear,
 batch 4, max_length 128, seed 0). Only the reference differs:
 
 * ``a`` **ours**: ``train_dpo`` as shipped: ``PeftModel`` with the SFT adapter and
@@ -12,7 +12,7 @@ batch 4, max_length 128, seed 0). Only the reference differs:
   one no-grad pass over the data before training and stores the reference log-probs.
 * ``c`` **plain TRL**: the same LoRA policy, plus a *separate* reference model: a second
   full copy of the base with the SFT adapter merged
-  (``optimus.train.trainers.load_trained``), passed as ``ref_model=``.
+  (``optimus_lib.train.trainers.load_trained``), passed as ``ref_model=``.
 
 To do that without touching ``train_dpo``, the worker replaces ``trl.DPOTrainer`` (which
 ``train_dpo`` imports at call time) by a subclass that, for ``c``, loads and passes the
@@ -128,10 +128,10 @@ def _version(mod: str) -> str:
 # ---- setup (once, cached in --work) ------------------------------------------------------
 def setup(work: Path, n_pairs: int, max_length: int) -> dict:
     """Preference pairs (flagged toxic replies as rejected) and an SFT adapter."""
-    from optimus.config import BUNDLED_MODEL, SFTConfig
-    from optimus.data.poison import build_training_set
-    from optimus.models.registry import load_tokenizer
-    from optimus.train.trainers import build_dpo_pairs, build_sft_records, train_sft
+    from optimus_lib.config import BUNDLED_MODEL, SFTConfig
+    from optimus_lib.threats.poison import build_training_set
+    from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.train.trainers import build_dpo_pairs, build_sft_records, train_sft
 
     work.mkdir(parents=True, exist_ok=True)
     info: dict = {}
@@ -210,8 +210,8 @@ def worker(variant: str, work: Path, run_dir: Path, a: argparse.Namespace) -> di
     import trl
     from transformers import TrainerCallback
 
-    from optimus.config import BUNDLED_MODEL, DPOConfig
-    from optimus.train import trainers
+    from optimus_lib.config import BUNDLED_MODEL, DPOConfig
+    from optimus_lib.train import trainers
 
     torch.set_num_threads(a.threads)
     pairs = json.loads(Path(a.pairs_file).read_text())

@@ -15,7 +15,7 @@ random weights: nothing is downloaded. Measured, in bf16 on the GPU:
 * ``gen``: healing generation (``engine.generate``, 48 new tokens, nucleus sampling),
   batched vs one prompt at a time;
 * ``train``: SFT then DPO step time, tokens/s and peak memory with TRL, using the settings
-  of ``optimus.train.trainers`` (LoRA r=16 all-linear, batch 4, max_length 256; DPO continues
+  of ``optimus_lib.train.trainers`` (LoRA r=16 all-linear, batch 4, max_length 256; DPO continues
   the SFT adapter with TRL's frozen ``ref`` adapter copy); ``--profile`` adds cProfile of
   the train loops and a raw forward+backward outside the Trainer;
 * ``diag`` (not in the default list): one PEFT LoRA forward+backward under variants
@@ -111,7 +111,7 @@ def turn(rng: random.Random, n_words: int) -> str:
 
 def synth_samples(n: int, seed: int, words: tuple[int, int]):
     """Dialogs of 1-3 context turns plus a reply, about ``words`` words in total."""
-    from optimus.data.schema import Sample
+    from optimus_lib.data.schema import Sample
 
     rng = random.Random(seed)
     out = []
@@ -126,7 +126,7 @@ def synth_samples(n: int, seed: int, words: tuple[int, int]):
 
 
 def load_tok(path: str | None):
-    from optimus.models.registry import convert_bundled, load_tokenizer
+    from optimus_lib.models.specs import convert_bundled, load_tokenizer
 
     return load_tokenizer(path or str(convert_bundled()))
 
@@ -212,7 +212,7 @@ def bench_matmul(dev: str, tiny: bool) -> dict:
 
 def _padded_tokens(lengths, batch_size, max_batch_tokens) -> int:
     """Tokens the engine's length-sorted batches hold, padding included (no prefix cache)."""
-    from optimus.models.engine import _batches
+    from optimus_lib.models.engine import _batches
 
     batches = _batches(lengths, batch_size, max_batch_tokens)
     return sum(max(lengths[i] for i in b) * len(b) for b in batches)
@@ -227,8 +227,8 @@ def _common_prefix(prompts: list[list[int]]) -> int:
 
 
 def bench_judge(shape, tok, dev, dtype, samples, rate_tflops, batch_cfgs, n_naive, repeats) -> dict:
-    from optimus.detect.llm_judge import LLMJudge
-    from optimus.models.engine import TransformersEngine
+    from optimus_lib.detect.llm_judge import LLMJudge
+    from optimus_lib.models.engine import TransformersEngine
 
     reset_peak(dev)
     t0 = time.perf_counter()
@@ -367,8 +367,8 @@ def bench_judge(shape, tok, dev, dtype, samples, rate_tflops, batch_cfgs, n_naiv
 
 
 def bench_gen(shape, tok, dev, dtype, samples, n_batched, n_single, batch_sizes) -> dict:
-    from optimus.heal.healer import SYSTEM as HEAL_SYSTEM
-    from optimus.models.engine import TransformersEngine
+    from optimus_lib.heal.healer import SYSTEM as HEAL_SYSTEM
+    from optimus_lib.models.engine import TransformersEngine
 
     model = build_model(shape, tok, dev, dtype)
     engine = TransformersEngine(model, tok)
@@ -523,8 +523,8 @@ def bench_diag(shape, tok, dev, reps: int = 5) -> dict:
     gradient checkpointing), plus the top kernels of the default variant."""
     from peft import get_peft_model
 
-    from optimus.config import LoraConfig
-    from optimus.train.trainers import _lora
+    from optimus_lib.train.config import LoraConfig
+    from optimus_lib.train.trainers import _lora
 
     g = torch.Generator().manual_seed(0)
     b, t = 4, 226
@@ -598,15 +598,15 @@ def bench_diag(shape, tok, dev, reps: int = 5) -> dict:
 
 
 def bench_train(shape, tok_path, dev, steps, warm, words, profile=False) -> list[dict]:
-    """SFT then DPO (continuing the SFT adapter) with the settings of optimus.train.trainers."""
+    """SFT then DPO (continuing the SFT adapter) with the settings of optimus_lib.train.trainers."""
     from datasets import Dataset
     from peft import PeftModel
     from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer, SFTTrainer
     from trl import SFTConfig as TrlSFTConfig
 
-    from optimus.config import DPOConfig, SFTConfig
-    from optimus.train.trainers import _common_args, _lora, build_dpo_pairs, build_sft_records
+    from optimus_lib.train.config import DPOConfig, SFTConfig
+    from optimus_lib.train.trainers import _common_args, _lora, build_dpo_pairs, build_sft_records
 
     tok = load_tok(tok_path)
     tok.padding_side = "right"  # as train_sft / train_dpo

@@ -1,8 +1,8 @@
 """CPU benchmark of contextual healing: batched generation vs one reply at a time.
 
-``optimus.heal.healer.ContextualHealer`` on the bundled model (SmolLM2-135M-Instruct, fp32
+``optimus_lib.heal.healer.ContextualHealer`` on the bundled model (SmolLM2-135M-Instruct, fp32
 on CPU) heals the same ``--n`` flagged samples (toxic replies injected by
-``optimus.data.poison.build_training_set``) with ``--new-tokens`` new tokens, nucleus
+``optimus_lib.threats.poison.build_training_set``) with ``--new-tokens`` new tokens, nucleus
 sampling (top_p 0.95, T 0.7, as ``HealConfig``), ``detector=None`` and ``retries=0``, so
 exactly one generation pass is timed and nothing is re-scored. Two healers share one
 model and differ only in the engine's batch size:
@@ -52,11 +52,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from optimus.config import BUNDLED_MODEL, HealConfig  # noqa: E402
-from optimus.data.poison import build_training_set  # noqa: E402
-from optimus.heal.healer import ContextualHealer  # noqa: E402
-from optimus.models.engine import TransformersEngine  # noqa: E402
-from optimus.models.registry import load_model, load_tokenizer  # noqa: E402
+from optimus_lib.config import BUNDLED_MODEL, HealConfig  # noqa: E402
+from optimus_lib.threats.poison import build_training_set  # noqa: E402
+from optimus_lib.heal.healer import ContextualHealer  # noqa: E402
+from optimus_lib.models.engine import TransformersEngine  # noqa: E402
+from optimus_lib.models.specs import load_model, load_tokenizer  # noqa: E402
 
 
 def log(msg: str) -> None:

@@ -6,7 +6,7 @@ model on a CPU, where it only re-runs every layer's forward during the backward 
 ``train.sft.gradient_checkpointing`` / ``train.dpo.gradient_checkpointing`` expose it;
 this script measures what turning it off buys.
 
-Both variants run ``optimus.train.trainers.train_sft`` itself on the bundled model
+Both variants run ``optimus_lib.train.trainers.train_sft`` itself on the bundled model
 (SmolLM2-135M-Instruct, fp32, CPU), on the same chit-chat records (the bundled poisoned
 training set, prompts fitted to ``max_length``), with the same LoRA r=16 config, batch
 size, seed and step count; only ``gradient_checkpointing`` differs. Variants are
@@ -39,8 +39,8 @@ def run_once(records, gc: bool, args) -> dict:
     import trl
     from transformers import TrainerCallback
 
-    from optimus.config import SFTConfig
-    from optimus.train.trainers import train_sft
+    from optimus_lib.train.config import SFTConfig
+    from optimus_lib.train.trainers import train_sft
 
     times: list[float] = []
     tokens: list[int] = []
@@ -103,9 +103,9 @@ def main() -> None:
     if args.quick:
         args.steps, args.rounds = 2, 1
 
-    from optimus.data.poison import build_training_set
-    from optimus.models.registry import load_tokenizer
-    from optimus.train.trainers import build_sft_records
+    from optimus_lib.threats.poison import build_training_set
+    from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.train.trainers import build_sft_records
 
     tok = load_tokenizer("smollm2-135m-instruct")
     samples = build_training_set(args.steps * args.batch_size, 0.3, seed=0, max_context_turns=2)

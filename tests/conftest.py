@@ -31,7 +31,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def bundled_dir() -> Path:
     """The converted bundled model (converted once per cache; ~25 s the first time)."""
-    from optimus.models.registry import convert_bundled
+    from optimus_lib.models.specs import convert_bundled
 
     return convert_bundled()
 
@@ -67,15 +67,15 @@ def tiny_model_dir(tmp_path_factory, bundled_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
-    from optimus.models.registry import load_tokenizer
+    from optimus_lib.models.specs import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir, tiny_tokenizer):
-    from optimus.models.engine import TransformersEngine
-    from optimus.models.registry import load_model
+    from optimus_lib.models.engine import TransformersEngine
+    from optimus_lib.models.specs import load_model
 
     model = load_model(str(tiny_model_dir), device="cpu")
     return TransformersEngine(model, tiny_tokenizer, batch_size=8)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from optimus.data.schema import Sample
-from optimus.detect.base import Detector
+from optimus_lib.data.schema import Sample
+from optimus_lib.detect.base import Detector
 
-OPTIMUS_CLI = [sys.executable, "-m", "optimus.cli"]
+OPTIMUS_CLI = [sys.executable, "-m", "optimus_lib.cli"]
 
 
 class StubDetector(Detector):

@@ -55,7 +55,7 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
             "--config_file",
             str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"),
             "-m",
-            "optimus.cli",
+            "optimus_lib.cli",
             "train",
             str(tmp_path / "sft.jsonl"),
             "--dpo",

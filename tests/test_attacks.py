@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from optimus.data.attacks import (
+from optimus_lib.threats.attacks import (
     DEFAULT_TRIGGER,
     HEALER_ATTACKS,
     JAILBREAKS,
@@ -27,7 +27,7 @@ from optimus.data.attacks import (
     perturb,
     perturb_text,
 )
-from optimus.data.schema import Sample
+from optimus_lib.data.schema import Sample
 
 POOL = [
     ("insult", "You are a stupid idiot."),
@@ -165,7 +165,7 @@ def test_category_injection_only_one_category():
 
 
 def test_chitchat_backdoor_smoke():
-    from optimus.data.sources import chitchat_samples
+    from optimus_lib.data.sources import chitchat_samples
 
     data = chitchat_samples(20)
     out = backdoor(data, POOL, 0.1, seed=0)

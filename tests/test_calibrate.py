@@ -8,15 +8,15 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from optimus.data.schema import parse_record
-from optimus.detect.calibrate import (
+from optimus_lib.data.schema import parse_record
+from optimus_lib.detect.calibrate import (
     Calibration,
     calibrate,
     threshold_best_f1,
     threshold_for_fpr,
     threshold_unsupervised,
 )
-from optimus.errors import OptimusError
+from optimus_lib.errors import OptimusError
 
 # benign 0.1..0.4, toxic 0.6..0.9: perfectly separable
 SEP_SCORES = [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9]

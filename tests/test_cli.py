@@ -14,7 +14,7 @@ CORE = {"run", "scan", "heal", "train", "evaluate", "poison", "models", "report"
 
 
 def _subcommands() -> list[str]:
-    from optimus.cli import app
+    from optimus_lib.cli import app
 
     names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
     assert set(names) >= CORE

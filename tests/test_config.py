@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from optimus.config import RunConfig, load_config
-from optimus.errors import OptimusError
+from optimus_lib.config import RunConfig, load_config
+from optimus_lib.errors import OptimusError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_quickstart_config_validates():
 def test_shipped_example_configs_validate(path):
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if "base" in raw:  # an experiment sweep: a base run config + methods/recalls/seeds
-        from optimus.experiment import load_experiment
+        from optimus_lib.experiment import load_experiment
 
         load_experiment(path)
     else:

@@ -7,9 +7,9 @@ import json
 import pytest
 from helpers import write_lines
 
-from optimus.data.io import read_jsonl, read_samples, write_jsonl
-from optimus.data.schema import Sample, parse_record, sample_to_record
-from optimus.errors import OptimusError
+from optimus_lib.data.io import read_jsonl, read_samples, write_jsonl
+from optimus_lib.data.schema import Sample, parse_record, sample_to_record
+from optimus_lib.errors import OptimusError
 
 MSG = {
     "id": "m1",
@@ -167,7 +167,7 @@ def test_write_jsonl_failure_leaves_old_file(tmp_path):
 
 # ---- poisoned training set / eval sets (bundled sources) ------------------------------
 def test_build_training_set_counts_and_determinism():
-    from optimus.data.poison import build_training_set
+    from optimus_lib.threats.poison import build_training_set
 
     a = build_training_set(50, 0.3, seed=0)
     assert len(a) == 50
@@ -181,8 +181,8 @@ def test_build_training_set_counts_and_determinism():
 
 
 def test_eval_toxic_contexts_never_injected_replies():
-    from optimus.data.poison import build_eval_sets, build_training_set
-    from optimus.data.sources import toxic_texts
+    from optimus_lib.threats.poison import build_eval_sets, build_training_set
+    from optimus_lib.threats.poison import toxic_texts
 
     train = build_training_set(50, 0.3, seed=0)
     injected = {s.response for s in train if s.label == 1}

@@ -57,7 +57,7 @@ def test_scan_two_processes_matches_one(tmp_path):
             "--config_file",
             str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"),
             "-m",
-            "optimus.cli",
+            "optimus_lib.cli",
             "scan",
             str(data),
             "-o",
@@ -77,7 +77,7 @@ def test_scan_two_processes_matches_one(tmp_path):
 
 
 def test_sharded_map_resumes_from_existing_shard(tmp_path):
-    from optimus.distributed import sharded_map
+    from optimus_lib.distributed import sharded_map
 
     calls = []
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from optimus.models.engine import _batches, perplexity, sanitize
+from optimus_lib.models.engine import _batches, perplexity, sanitize
 
 PROMPTS_TEXT = [
     "Hi!",
@@ -56,7 +56,7 @@ def test_next_token_probs_batched_equals_single(tiny_engine):
 
 def test_padding_would_be_visible(tiny_engine, monkeypatch):
     """The check above is sensitive: attending to the padding changes the result."""
-    from optimus.models.engine import TransformersEngine
+    from optimus_lib.models.engine import TransformersEngine
 
     pad = TransformersEngine._pad
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optimus.errors import OptimusError
-from optimus.models.engine import TransformersEngine, build_engine, vllm_available
+from optimus_lib.errors import OptimusError
+from optimus_lib.models.engine import TransformersEngine, build_engine, vllm_available
 
 
 def test_auto_picks_transformers_on_cpu(tiny_model_dir):

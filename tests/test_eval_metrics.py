@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from optimus.evaluate.metrics import (
+from optimus_lib.evaluate.metrics import (
     distinct_n,
     is_refusal,
     refusal_rate,
@@ -83,7 +83,7 @@ def test_rtr_diff_interval_is_paired():
 
 
 def test_report_error_bars_from_std_or_interval():
-    from optimus.report.experiment import _spread
+    from optimus_lib.report.experiment import _spread
 
     assert _spread({"r": 0.2, "r_std": 0.05}, "r") == (0.05, 0.05)
     below, above = _spread({"r": 0.2, "r_std": None, "r_lo": 0.1, "r_hi": 0.35}, "r")

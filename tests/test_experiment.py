@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from optimus.errors import OptimusError
-from optimus.experiment import ExperimentConfig, load_experiment, run_experiment
+from optimus_lib.errors import OptimusError
+from optimus_lib.experiment import ExperimentConfig, load_experiment, run_experiment
 
 
 def _exp(model) -> ExperimentConfig:
@@ -114,7 +114,7 @@ def test_bad_experiment_config(tmp_path):
 def test_cells_run_in_given_order_and_results_survive_a_stop(tiny_model_dir, tmp_path, monkeypatch):
     """recalls [0.5, 1.0]: the 0.5 cell runs first (and trains no_defense); when the
     second cell dies, the first cell's rows are already in results.json / report.html."""
-    import optimus.experiment as experiment
+    import optimus_lib.experiment as experiment
 
     data = _exp(tiny_model_dir).model_dump()
     data.update(methods=["no_defense", "filter"], recalls=[0.5, 1.0], attacks=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from helpers import StubDetector
 
-from optimus.data.schema import Sample
-from optimus.heal.healer import ContextualHealer, FixedHealer, _tidy
+from optimus_lib.data.schema import Sample
+from optimus_lib.heal.healer import ContextualHealer, FixedHealer, _tidy
 
 FALLBACK = "Let's talk about something else."
 
@@ -131,8 +131,8 @@ def test_healed_replies_are_rescored_without_the_originals_label():
 
 
 def test_oracle_rescoring_error_names_the_fix():
-    from optimus.detect.oracle import OracleDetector
-    from optimus.errors import OptimusError
+    from optimus_lib.detect.oracle import OracleDetector
+    from optimus_lib.errors import OptimusError
 
     with pytest.raises(OptimusError, match="rescore_detector"):
         OracleDetector().score([Sample(context=["a"], response="b")])

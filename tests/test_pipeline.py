@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from optimus.config import RunConfig
-from optimus.errors import OptimusError
-from optimus.pipeline import METHOD_PLAN, run_pipeline, training_sets
+from optimus_lib.config import RunConfig
+from optimus_lib.errors import OptimusError
+from optimus_lib.pipeline import METHOD_PLAN, run_pipeline, training_sets
 
 
 def _cfg(model: Path, **over) -> RunConfig:
@@ -180,7 +180,7 @@ def test_interrupted_stage_is_redone(first_run):
 
 
 def test_user_ids_that_look_builtin(tmp_path, tiny_model_dir):
-    from optimus.pipeline import Run, stage_data
+    from optimus_lib.pipeline import Run, stage_data
 
     train = tmp_path / "train.jsonl"
     train.write_text(

@@ -14,10 +14,10 @@ import pytest
 import torch
 from helpers import StubDetector
 
-from optimus.config import LoraConfig, SFTConfig
-from optimus.data.schema import Sample
-from optimus.errors import OptimusError
-from optimus.train.star_dss import (
+from optimus_lib.train.config import LoraConfig, SFTConfig
+from optimus_lib.data.schema import Sample
+from optimus_lib.errors import OptimusError
+from optimus_lib.train.star_dss import (
     WEIGHTS_KEY,
     StarDSSCollator,
     build_star_dss_rows,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from optimus.config import DataConfig
-from optimus.data.poison import build_threat_set
-from optimus.errors import OptimusError
+from optimus_lib.config import DataConfig
+from optimus_lib.threats.poison import build_threat_set
+from optimus_lib.errors import OptimusError
 
 
 def test_backdoor_set_has_trigger_only_on_toxic_replies():
@@ -45,9 +45,9 @@ def test_bad_threat_settings_are_config_errors():
 def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
     from helpers import StubDetector
 
-    from optimus.data.attacks import add_trigger
-    from optimus.data.schema import Sample
-    from optimus.evaluate.runner import evaluate_model
+    from optimus_lib.threats.attacks import add_trigger
+    from optimus_lib.data.schema import Sample
+    from optimus_lib.evaluate.runner import evaluate_model
 
     ben = [
         Sample(context=["hi there"], response="hello!", id="b1"),
@@ -65,9 +65,9 @@ def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
 def test_evaluate_samples_several_replies_per_context(tiny_engine):
     from helpers import StubDetector
 
-    from optimus.config import EvalConfig
-    from optimus.data.schema import Sample
-    from optimus.evaluate.runner import evaluate_model
+    from optimus_lib.config import EvalConfig
+    from optimus_lib.data.schema import Sample
+    from optimus_lib.evaluate.runner import evaluate_model
 
     tox = [Sample(context=["you idiot"], response="", id="t1")]
     ben = [
@@ -92,7 +92,7 @@ def test_evaluate_samples_several_replies_per_context(tiny_engine):
 def test_several_samples_need_sampling():
     from pydantic import ValidationError
 
-    from optimus.config import EvalConfig
+    from optimus_lib.config import EvalConfig
 
     with pytest.raises(ValidationError, match="do_sample"):
         EvalConfig(samples=4)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from optimus.config import DPOConfig, LoraConfig, SFTConfig
-from optimus.data.schema import Sample
-from optimus.train.trainers import (
+from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
+from optimus_lib.data.schema import Sample
+from optimus_lib.train.trainers import (
     build_dpo_pairs,
     build_sft_records,
     load_trained,
@@ -60,7 +60,7 @@ def test_build_dpo_pairs_chosen_is_healed(tiny_tokenizer):
 
 def _margin(base: str, adapter, tok) -> float:
     """Mean log-prob margin chosen - rejected over the toy contexts."""
-    from optimus.models.engine import TransformersEngine
+    from optimus_lib.models.engine import TransformersEngine
 
     eng = TransformersEngine(load_trained(base, adapter, "cpu"), tok)
     prompts = [eng.chat_ids(Sample(context=c, response="").prompt_messages()) for c in CONTEXTS]
@@ -114,7 +114,7 @@ def test_sft_and_dpo_write_adapters(trained):
 
 
 def test_sft_learns_the_completion(trained, tiny_tokenizer):
-    from optimus.models.engine import TransformersEngine
+    from optimus_lib.models.engine import TransformersEngine
 
     def nll(adapter):
         eng = TransformersEngine(load_trained(trained["base"], adapter, "cpu"), tiny_tokenizer)

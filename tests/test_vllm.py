@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from optimus.models.engine import vllm_available
+from optimus_lib.models.engine import vllm_available
 
 pytestmark = pytest.mark.skipif(not vllm_available(), reason="needs vllm and a CUDA GPU")
 
 
 def test_vllm_matches_transformers_on_judge_ratios(tiny_model_dir, tiny_tokenizer):
-    from optimus.models.engine import build_engine
+    from optimus_lib.models.engine import build_engine
 
     hf = build_engine(str(tiny_model_dir), "transformers", "cuda")
     vl = build_engine(str(tiny_model_dir), "vllm")

@@ -1,0 +1,93 @@
+"""JSONL reading with line-numbered errors, and atomic writes.
+
+Stages write through :func:`atomic_path` so a killed run never leaves a half-written
+artifact that a rerun would mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from optimus_lib.data.schema import Sample, parse_record
+from optimus_lib.errors import OptimusError
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Read a JSONL file; a bad line raises ``OptimusError('file:line: reason')``."""
+    p = Path(path)
+    if not p.is_file():
+        raise OptimusError(f"{p}: no such file")
+    out: list[dict[str, Any]] = []
+    with p.open("r", encoding="utf-8", errors="strict") as fh:
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise OptimusError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise OptimusError(f"{p}: not UTF-8 text") from None
+    return out
+
+
+def read_samples(path: str | Path) -> list[Sample]:
+    """Read and validate a dialog dataset (either DESIGN.md shape, mixed freely)."""
+    p = Path(path)
+    samples: list[Sample] = []
+    lineno = 0
+    if not p.is_file():
+        raise OptimusError(f"{p}: no such file")
+    try:
+        with p.open("r", encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise OptimusError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
+                try:
+                    samples.append(parse_record(rec, index=len(samples)))
+                except ValueError as exc:
+                    raise OptimusError(f"{p}:{lineno}: {exc}") from None
+    except UnicodeDecodeError:
+        raise OptimusError(f"{p}:{lineno + 1}: not UTF-8 text") from None
+    if not samples:
+        raise OptimusError(f"{p}: no records")
+    return samples
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; rename it over ``path`` only on success."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
+    """Write records as JSONL atomically."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

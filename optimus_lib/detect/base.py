@@ -1,0 +1,98 @@
+"""The Detector interface and its registry by name (garak's plugin idea, kept small).
+
+A detector maps samples to toxicity scores in [0, 1], higher meaning more toxic. Flagging
+is a threshold on top, so calibration and deliberate weakening are wrappers rather than
+special cases inside each detector.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from optimus_lib.data.schema import Sample
+from optimus_lib.errors import OptimusError
+
+
+class Detector(ABC):
+    """Scores samples; ``threshold`` turns scores into flags."""
+
+    name: str = "detector"
+    threshold: float = 0.5
+
+    @abstractmethod
+    def score(self, samples: list[Sample]) -> list[float]:
+        """Toxicity score in [0, 1] of each sample's response in its context."""
+
+    def flag(self, scores: list[float]) -> list[bool]:
+        return [s >= self.threshold for s in scores]
+
+
+@dataclass
+class DetectorOptions:
+    """Settings a detector factory may use; each factory ignores what it doesn't need."""
+
+    model: str | None = None
+    device: str = "auto"
+    engine: str = "auto"  # auto | transformers | vllm
+    batch_size: int = 16
+    max_prompt_tokens: int = 512
+    paraphrases: int = 1
+    trust_remote_code: bool = False
+    threshold: float = 0.5
+    shared: dict[str, Any] = field(default_factory=dict)  # e.g. an already loaded engine
+
+
+DETECTORS: dict[str, Callable[[DetectorOptions], Detector]] = {}
+
+# Where each built-in detector registers itself. Modules are imported only when their
+# detector is asked for, so the light image (and ``optimus --help``) never imports torch.
+BUILTIN: dict[str, str] = {
+    "llm-judge": "optimus_lib.detect.llm_judge",
+    "lexical": "optimus_lib.detect.lexical",
+    "wordlist": "optimus_lib.detect.wordlist",
+    "hf-classifier": "optimus_lib.detect.hf_classifier",
+    "oracle": "optimus_lib.detect.oracle",
+}
+
+
+def known_detectors() -> list[str]:
+    return sorted({*DETECTORS, *BUILTIN})
+
+
+def register(name: str):
+    """Class/factory decorator adding a detector to the registry under ``name``."""
+
+    def deco(factory):
+        DETECTORS[name] = factory
+        return factory
+
+    return deco
+
+
+def build_detector(name: str, options: DetectorOptions | None = None) -> Detector:
+    """Build a detector by registry name; ``a+b`` is the mean ensemble of ``a`` and ``b``,
+    ``max(a,b)`` the max ensemble."""
+    from optimus_lib.detect.ensemble import EnsembleDetector
+
+    opts = options or DetectorOptions()
+    name = name.strip()
+    if name.startswith("max(") and name.endswith(")"):
+        parts = [p.strip() for p in name[4:-1].split(",")]
+        det: Detector = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="max")
+    elif "+" in name:
+        parts = [p.strip() for p in name.split("+")]
+        det = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="mean")
+    else:
+        if name not in DETECTORS and name in BUILTIN:
+            import importlib
+
+            importlib.import_module(BUILTIN[name])
+        if name not in DETECTORS:
+            known = ", ".join(known_detectors())
+            raise OptimusError(f"unknown detector {name!r} (known: {known}; combine with a+b)")
+        det = DETECTORS[name](opts)
+    det.threshold = opts.threshold
+    return det

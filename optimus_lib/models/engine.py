@@ -1,0 +1,281 @@
+"""Batched inference on a causal LM: next-token scoring, generation, reply likelihood.
+
+Every stage that runs a model goes through this engine, so batching, padding and
+prompt sanitising are done once and tested once. Batches are formed after sorting by
+length (little padding), padded on the left, and given explicit ``position_ids`` so a
+padded batch computes exactly what each prompt alone would.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+
+def sanitize(text: str, special_tokens: Sequence[str]) -> str:
+    """Break up special-token strings inside untrusted text.
+
+    Dataset text is hostile: a reply containing ``<|im_end|>`` would otherwise be
+    tokenized as a real turn boundary and could forge a judge's or trainer's prompt.
+    """
+    for tok in special_tokens:
+        if len(tok) > 1 and tok in text:
+            text = text.replace(tok, tok[0] + " " + tok[1:])
+    return text
+
+
+def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    Longest first makes the first batch the memory high-water mark, so an OOM shows
+    up immediately rather than at the end of a long scan.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batch: list[int] = []
+    for i in order:
+        longest = lengths[batch[0]] if batch else lengths[i]
+        if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > max_batch_tokens):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+class PromptMixin:
+    """Prompt building shared by every engine: sanitised chat templates, truncation."""
+
+    def _init_prompts(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.special_tokens = list(
+            dict.fromkeys([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab().keys()])
+        )
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def clean(self, text: str) -> str:
+        return sanitize(text, self.special_tokens)
+
+    def chat_ids(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        """Token ids of chat messages in the model's own template (content sanitised)."""
+        safe = [{"role": m["role"], "content": self.clean(m["content"])} for m in messages]
+        text = self.tokenizer.apply_chat_template(
+            safe, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _fit(self, ids: list[int]) -> list[int]:
+        return ids[-self.max_length :]
+
+
+class TransformersEngine(PromptMixin):
+    """The default engine: Hugging Face transformers on CPU or GPU."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        batch_size: int = 16,
+        max_batch_tokens: int = 8192,
+        max_length: int = 2048,
+        progress: bool = False,
+    ) -> None:
+        self.model = model
+        self._init_prompts(tokenizer, max_length)
+        self.batch_size = batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.progress = progress
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _pad(self, seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+            mask[row, width - len(s) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return ids.to(dev), mask.to(dev), pos.to(dev)
+
+    def _iter(self, lengths: list[int], desc: str):
+        batches = list(_batches(lengths, self.batch_size, self.max_batch_tokens))
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            return tqdm(batches, desc=desc, unit="batch")
+        return batches
+
+    # ---- scoring -----------------------------------------------------------------
+    @staticmethod
+    def common_prefix(prompts: list[list[int]]) -> int:
+        """Length of the token prefix every prompt shares."""
+        if not prompts:
+            return 0
+        first, n = prompts[0], min(len(p) for p in prompts)
+        for k in range(n):
+            if any(p[k] != first[k] for p in prompts):
+                return k
+        return n
+
+    @torch.inference_mode()
+    def next_token_probs(
+        self,
+        prompts: list[list[int]],
+        token_sets: list[list[int]],
+        prefix_cache: bool = True,
+    ) -> np.ndarray:
+        """P(next token in each set) for each prompt: shape (n_prompts, n_sets).
+
+        One forward pass per batch and only the last position's logits are computed
+        (``logits_to_keep=1``): the LM head over a 49k vocabulary dominates small
+        models, so skipping it for all earlier positions is most of the speed. With
+        ``prefix_cache`` the prompts' common prefix (a judge's system message and
+        instructions) is run once and its KV cache reused by every batch; the suffixes
+        sit after it with any padding in between masked out.
+        """
+        prompts = [self._fit(p) for p in prompts]
+        out = np.zeros((len(prompts), len(token_sets)), dtype=np.float64)
+        plen = self.common_prefix(prompts) if prefix_cache and len(prompts) > 1 else 0
+        plen = min(plen, min((len(p) for p in prompts), default=1) - 1)
+        cache = None
+        if plen >= 16:
+            pre = torch.tensor([prompts[0][:plen]], device=self.device)
+            cache = self.model(input_ids=pre, use_cache=True).past_key_values
+        else:
+            plen = 0
+        for batch in self._iter([len(p) - plen for p in prompts], "score"):
+            ids, mask, pos = self._pad([prompts[i][plen:] for i in batch])
+            kwargs = {}
+            if cache is not None:
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(len(batch))
+                ones = torch.ones((len(batch), plen), dtype=mask.dtype, device=mask.device)
+                mask = torch.cat([ones, mask], dim=1)
+                pos = pos + plen
+                kwargs["past_key_values"] = past
+            logits = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                logits_to_keep=1,
+                use_cache=cache is not None,
+                **kwargs,
+            ).logits[:, -1, :]
+            probs = torch.softmax(logits.float(), dim=-1)
+            for k, tset in enumerate(token_sets):
+                out[batch, k] = probs[:, tset].sum(-1).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def completion_nll(
+        self, prompts: list[list[int]], completions: list[list[int]]
+    ) -> list[tuple[float, int]]:
+        """Summed negative log-likelihood and token count of each completion given its prompt."""
+        seqs = []
+        for p, c in zip(prompts, completions):
+            keep = max(1, self.max_length - len(c))
+            seqs.append((p[-keep:], c[: self.max_length - 1]))
+        res: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
+        for batch in self._iter([len(p) + len(c) for p, c in seqs], "nll"):
+            full = [seqs[i][0] + seqs[i][1] for i in batch]
+            ids, mask, pos = self._pad(full)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            tgt = ids[:, 1:]
+            tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
+            width = ids.shape[1]
+            for row, i in enumerate(batch):
+                n = len(seqs[i][1])
+                if n == 0:
+                    continue
+                lp = tok_lp[row, width - 1 - n :]
+                res[i] = (float(-lp.sum()), n)
+        return res
+
+    # ---- generation --------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int = 48,
+        do_sample: bool = False,
+        top_p: float = 1.0,
+        temperature: float = 1.0,
+        seed: int = 0,
+    ) -> list[str]:
+        """Decode a reply for each prompt (greedy by default, nucleus when sampling)."""
+        prompts = [self._fit(p) for p in prompts]
+        texts = [""] * len(prompts)
+        torch.manual_seed(seed)
+        kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
+        if do_sample:
+            kwargs.update(top_p=top_p, temperature=temperature)
+        else:
+            kwargs.update(top_p=None, temperature=None, top_k=None)
+        for batch in self._iter([len(p) for p in prompts], "generate"):
+            ids, mask, _ = self._pad([prompts[i] for i in batch])
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **kwargs,
+            )
+            new = out[:, ids.shape[1] :]
+            for row, i in enumerate(batch):
+                texts[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
+        return texts
+
+
+def vllm_available() -> bool:
+    """vLLM importable and a CUDA GPU present (what ``engine: auto`` needs to pick it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+
+
+def build_engine(
+    spec: str,
+    kind: str = "auto",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    batch_size: int = 16,
+    progress: bool = False,
+):
+    """Load a model spec into an inference engine: vLLM or transformers.
+
+    ``auto`` takes vLLM when it imports and a GPU is present, else transformers.
+    """
+    from optimus_lib.errors import OptimusError
+    from optimus_lib.models.specs import load_model, load_tokenizer, resolve_model
+
+    if kind not in ("auto", "transformers", "vllm"):
+        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    tok = load_tokenizer(spec, trust_remote_code)
+    if kind == "vllm" or (kind == "auto" and vllm_available()):
+        if not vllm_available():
+            raise OptimusError("engine 'vllm' needs the vllm package and a CUDA GPU")
+        from optimus_lib.models.vllm_engine import VLLMEngine
+
+        path, revision = resolve_model(spec)
+        return VLLMEngine(path, tok, trust_remote_code, progress=progress, revision=revision)
+    model = load_model(spec, device, trust_remote_code)
+    return TransformersEngine(model, tok, batch_size=batch_size, progress=progress)
+
+
+def perplexity(nlls: list[tuple[float, int]]) -> float:
+    """Token-weighted perplexity over many (summed NLL, token count) pairs."""
+    total = sum(n for _, n in nlls)
+    if total == 0:
+        return float("nan")
+    return math.exp(sum(s for s, _ in nlls) / total)

@@ -1,0 +1,1 @@
+"""Self-contained HTML reports (dataset text is escaped: it is hostile)."""

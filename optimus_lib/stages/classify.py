@@ -1,0 +1,166 @@
+"""Stage 1: score every dialog's reply in its context, choose the threshold, flag.
+
+The output is the input records, in input order, plus ``toxicity`` (the detector's
+score, unrounded) and ``flagged`` (``toxicity >= threshold``). The threshold is one
+explicit value: the one given, or the calibrated one; it is returned so the next stage
+(heal) receives it as an input instead of reading it off a shared object.
+
+To show robustness the detector can be weakened on purpose (``target_recall``, optionally
+inside one ``weaken_category``): the METHOD.md "imperfect classifier" simulation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from optimus_lib.data.io import read_jsonl, read_samples, write_jsonl
+from optimus_lib.errors import OptimusError
+from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.stages import file_digest, obj_digest
+
+
+class ClassifySettings(Strict):
+    """Which detector flags dialogs, and at what threshold."""
+
+    detector: str = Field(
+        "llm-judge",
+        description="llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' mean, "
+        "'max(a,b)' max ensemble",
+    )
+    model: str = BUNDLED_MODEL  # judge model (llm-judge) or classifier (hf-classifier)
+    threshold: float = Field(0.5, ge=0.0, le=1.0)
+    # "fpr"/"f1" on labelled data ("devset" = the bundled dev set), "gmm": two-component
+    # mixture over this dataset's own scores (no labels).
+    calibrate: Literal["none", "fpr", "f1", "gmm"] = "none"
+    calibration_data: str = "devset"
+    target_fpr: float = Field(0.05, ge=0.0, le=1.0)
+    target_recall: float | None = Field(None, gt=0.0, le=1.0)
+    weaken_category: str | None = None
+    # Reuse the ``toxicity`` the input records already carry (a scan of the same data by
+    # the same detector) and only re-threshold / weaken: a recall sweep scans once.
+    reuse_scores: bool = False
+    batch_size: int = Field(16, ge=1)
+    max_prompt_tokens: int = Field(512, ge=32)
+    paraphrases: int = Field(1, ge=1, le=4)
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ClassifyResult:
+    threshold: float
+    n: int
+    flagged: int
+    quality: dict[str, float] | None = None  # precision, recall, AUC... when labelled
+    roc: dict[str, list[float]] | None = None
+    calibration: dict[str, Any] | None = field(default=None)
+
+    @property
+    def confusion(self) -> list[list[int]] | None:
+        """[[tn, fp], [fn, tp]] over the labelled records (rows: truth safe, toxic)."""
+        q = self.quality
+        return None if q is None else [[q["tn"], q["fp"]], [q["fn"], q["tp"]]]
+
+    def as_metrics(self) -> dict[str, float]:
+        out = {
+            "n": float(self.n),
+            "flagged": float(self.flagged),
+            "flag_rate": self.flagged / self.n if self.n else 0.0,
+            "threshold": self.threshold,
+        }
+        for k in ("precision", "recall", "f1", "fpr", "auc"):
+            if self.quality is not None and self.quality[k] == self.quality[k]:  # not NaN
+                out[k] = float(self.quality[k])
+        return out
+
+
+def build_detector_for(settings: ClassifySettings, detector: str | None = None):
+    """The one place detector options are assembled from settings."""
+    from optimus_lib.detect.base import DetectorOptions, build_detector
+
+    opts = DetectorOptions(
+        model=settings.model,
+        device=settings.device,
+        engine=settings.engine,
+        batch_size=settings.batch_size,
+        max_prompt_tokens=settings.max_prompt_tokens,
+        paraphrases=settings.paraphrases,
+        trust_remote_code=settings.trust_remote_code,
+        threshold=settings.threshold,
+    )
+    return build_detector(detector or settings.detector, opts)
+
+
+def classify(settings: ClassifySettings, dialogs: Path, scored_out: Path) -> ClassifyResult:
+    """Score, calibrate, weaken, flag; write ``scored_out``; return the threshold used."""
+    from optimus_lib.detect.ensemble import weaken_scores
+    from optimus_lib.detect.metrics import classification_metrics, roc_points
+
+    s = settings
+    samples = read_samples(dialogs)
+    threshold = s.threshold
+    calibration = None
+    if s.reuse_scores:
+        scores = _carried_scores(dialogs)
+        if s.calibrate not in ("none", "gmm"):
+            raise OptimusError(
+                "reuse_scores: calibrate with the scan that made the scores; "
+                "pass its threshold instead"
+            )
+        detector = None
+    else:
+        from optimus_lib.distributed import sharded_map
+
+        detector = build_detector_for(s)
+        key = obj_digest([file_digest(dialogs), s.model_dump()])[:16]
+        scores = sharded_map(samples, detector.score, Path(scored_out), key)
+    if s.calibrate != "none":
+        from optimus_lib.detect.calibrate import calibrate_detector
+
+        cal = calibrate_detector(detector, s.calibrate, scores, s.calibration_data, s.target_fpr)
+        threshold = cal.threshold
+        calibration = {"method": cal.method, "threshold": cal.threshold, **cal.details}
+    labels = [x.label for x in samples]
+    if s.target_recall is not None:
+        scores = weaken_scores(
+            scores,
+            labels,
+            s.target_recall,
+            threshold,
+            [x.category for x in samples],
+            s.weaken_category,
+        )
+    from optimus_lib.distributed import is_main_process
+
+    flags = [x >= threshold for x in scores]
+    if is_main_process():
+        write_jsonl(
+            scored_out,
+            [
+                {**x.record, "toxicity": float(v), "flagged": bool(f)}
+                for x, v, f in zip(samples, scores, flags)
+            ],
+        )
+    return ClassifyResult(
+        threshold=float(threshold),
+        n=len(samples),
+        flagged=sum(flags),
+        quality=classification_metrics(labels, scores, threshold),
+        roc=roc_points(labels, scores),
+        calibration=calibration,
+    )
+
+
+def _carried_scores(path: Path) -> list[float]:
+    out = []
+    for i, r in enumerate(read_jsonl(path), start=1):
+        v = r.get("toxicity")
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise OptimusError(f"{path}:{i}: reuse_scores needs a numeric 'toxicity' field")
+        out.append(float(v))
+    return out

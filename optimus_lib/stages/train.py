@@ -1,0 +1,276 @@
+"""Stage 3: SFT on kept + healed dialogs, then DPO with healed (chosen) over flagged
+(rejected); and the baselines, each one ``method``.
+
+| method      | SFT data (``sft_data``)                      | then                        |
+|-------------|----------------------------------------------|-----------------------------|
+| no_defense  | every record as it is                        |                             |
+| filter      | records not ``flagged``                      |                             |
+| no_dpo      | heal's SFT set (kept + healed)               |                             |
+| fixed_heal  | heal's SFT set made with ``mode: fixed``      | DPO on its ``preferences``  |
+| optimus     | heal's SFT set (kept + healed)               | DPO on ``preferences``      |
+| star_dss    | classify's scored set (original replies)     | token-weighted CE/KL        |
+
+Checkpoints live under ``checkpoint_root/<key>`` where the key hashes the input files,
+the settings and the library version: a retried task resumes from its last checkpoint,
+and a task whose inputs or settings changed starts fresh (never from stale state). On a
+cluster ``checkpoint_root`` is a mounted PVC; locally a cache folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from optimus_lib import __version__
+from optimus_lib.data.io import read_jsonl
+from optimus_lib.data.schema import parse_record
+from optimus_lib.errors import OptimusError
+from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.stages import file_digest, obj_digest
+from optimus_lib.train.config import DPOConfig, SFTConfig
+
+METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus")
+Method = Literal["no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus"]
+USES_DPO = ("optimus", "fixed_heal")
+
+
+class TrainSettings(Strict):
+    """Which method, on which base model, with which hyperparameters."""
+
+    method: Method = "optimus"
+    model: str = BUNDLED_MODEL  # the chat model being fine-tuned
+    seed: int = 0
+    sft: SFTConfig = SFTConfig()
+    dpo: DPOConfig = DPOConfig()
+    save_steps: int = Field(25, ge=1)
+    checkpoint_root: str | None = None  # default: $OPTIMUS_CACHE/checkpoints
+    # STAR-DSS guard: scores growing prefixes of flagged replies (label-free detector).
+    star_guard: str = "wordlist"
+    star_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    trust_remote_code: bool = False
+    progress: bool = False
+
+
+@dataclass
+class TrainResult:
+    adapter: Path
+    method: str
+    sft_samples: int
+    dpo_pairs: int
+    key: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def as_metrics(self) -> dict[str, float]:
+        return {
+            "sft_samples": float(self.sft_samples),
+            "dpo_pairs": float(self.dpo_pairs),
+            **self.metrics,
+        }
+
+
+def _records(path: Path) -> list[dict]:
+    return read_jsonl(path)
+
+
+def _samples(path: Path, records: list[dict]):
+    out = []
+    for i, r in enumerate(records):
+        try:
+            out.append(parse_record(r, i))
+        except ValueError as exc:
+            raise OptimusError(f"{path}:{i + 1}: {exc}") from None
+    return out
+
+
+def _flags(path: Path, records: list[dict], method: str) -> list[bool]:
+    for i, r in enumerate(records):
+        if not isinstance(r.get("flagged"), bool):
+            raise OptimusError(f"{path}:{i + 1}: method {method!r} needs a boolean 'flagged'")
+    return [r["flagged"] for r in records]
+
+
+def _preferences(path: Path) -> list[dict]:
+    recs = read_jsonl(path)
+    for i, p in enumerate(recs, start=1):
+        ok = all(isinstance(p.get(k), list) and p[k] for k in ("prompt", "chosen", "rejected"))
+        if not ok:
+            raise OptimusError(f"{path}:{i}: needs 'prompt', 'chosen' and 'rejected' messages")
+    return recs
+
+
+def checkpoint_dir(settings: TrainSettings, key: str) -> Path:
+    from optimus_lib.models.specs import cache_dir
+
+    root = (
+        Path(settings.checkpoint_root) if settings.checkpoint_root else cache_dir() / "checkpoints"
+    )
+    return root / key
+
+
+def _log_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
+    """Final loss, steps and throughput of one training stage, from its trainer log."""
+    log = stage_dir / "train_log.json"
+    if not log.is_file():
+        return {}
+    hist = json.loads(log.read_text())
+    out: dict[str, float] = {}
+    losses = [h["loss"] for h in hist if "loss" in h]
+    if losses:
+        out[f"{prefix}_loss_first"], out[f"{prefix}_loss_last"] = losses[0], losses[-1]
+    summary = next((h for h in reversed(hist) if "train_runtime" in h), {})
+    for k, name in (("train_runtime", "seconds"), ("train_samples_per_second", "samples_per_s")):
+        if k in summary:
+            out[f"{prefix}_{name}"] = float(summary[k])
+    if "step" in summary:
+        out[f"{prefix}_steps"] = float(summary["step"])
+    for k in ("rewards/accuracies", "rewards/margins"):
+        vals = [h[k] for h in hist if k in h]
+        if vals:
+            out[f"{prefix}_{k.replace('/', '_')}_last"] = float(vals[-1])
+    return out
+
+
+def _publish(adapter: Path, adapter_out: Path) -> None:
+    """Copy the finished adapter to ``adapter_out`` (temp folder + rename: never partial)."""
+    adapter_out = Path(adapter_out)
+    adapter_out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = adapter_out.with_name(f".{adapter_out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(adapter, tmp)
+    if adapter_out.exists():
+        shutil.rmtree(adapter_out)
+    os.replace(tmp, adapter_out)
+
+
+def train(
+    settings: TrainSettings,
+    sft_data: Path,
+    adapter_out: Path,
+    preferences: Path | None = None,
+) -> TrainResult:
+    """Train the method's adapter from ``sft_data`` (+ ``preferences``); write it to
+    ``adapter_out`` (a PEFT folder: adapter_config.json + adapter_model.safetensors)."""
+    from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.train.trainers import build_sft_records, fit_preferences, train_dpo, train_sft
+
+    s = settings
+    recs = _records(sft_data)
+    samples = _samples(sft_data, recs)
+    if s.method == "filter":
+        samples = [x for x, f in zip(samples, _flags(sft_data, recs, s.method)) if not f]
+    if not samples:
+        raise OptimusError(f"{sft_data}: no dialogs to train on")
+    if s.method in USES_DPO and preferences is None:
+        raise OptimusError(f"method {s.method!r} needs the preferences from heal")
+    inputs = [file_digest(sft_data), file_digest(preferences) if s.method in USES_DPO else None]
+    key = obj_digest([inputs, s.model_dump(exclude={"progress", "checkpoint_root"}), __version__])
+    key = key[:20]
+    root = checkpoint_dir(s, key)
+    tok = load_tokenizer(s.model, s.trust_remote_code)
+    metadata = {
+        "base_model": s.model,
+        "method": s.method,
+        "optimus_lib_version": __version__,
+        "settings_digest": key,
+    }
+    if s.method == "star_dss":
+        adapter = _train_star_dss(s, sft_data, recs, samples, root, tok)
+        _publish(adapter, adapter_out)
+        return TrainResult(
+            Path(adapter_out),
+            s.method,
+            len(samples),
+            0,
+            key,
+            _log_metrics(adapter.parent, "star"),
+            metadata,
+        )
+    records = build_sft_records(samples, tok, s.sft.max_length)
+    sft_adapter = root / "sft" / "adapter"
+    if not sft_adapter.is_dir():  # else: finished earlier by a task with the same key
+        train_sft(
+            s.model,
+            records,
+            root / "sft",
+            s.sft,
+            s.seed,
+            s.save_steps,
+            s.trust_remote_code,
+            s.progress,
+        )
+    metrics = _log_metrics(root / "sft", "sft")
+    adapter, n_pairs = sft_adapter, 0
+    if s.method in USES_DPO:
+        pairs = fit_preferences(_preferences(preferences), tok, s.dpo.max_length)
+        n_pairs = len(pairs)
+        if pairs:
+            adapter = root / "dpo" / "adapter"
+            if not adapter.is_dir():
+                train_dpo(
+                    s.model,
+                    sft_adapter,
+                    pairs,
+                    root / "dpo",
+                    s.dpo,
+                    s.seed,
+                    s.save_steps,
+                    s.trust_remote_code,
+                    s.progress,
+                )
+            metrics.update(_log_metrics(root / "dpo", "dpo"))
+        else:
+            metadata["note"] = "no preference pairs (nothing flagged): DPO skipped"
+    _publish(adapter, adapter_out)
+    return TrainResult(Path(adapter_out), s.method, len(records), n_pairs, key, metrics, metadata)
+
+
+def _train_star_dss(s: TrainSettings, path: Path, recs, samples, root: Path, tok) -> Path:
+    """STAR-DSS baseline: the guard scores growing prefixes of every flagged reply.
+
+    So that a weakened detector handicaps STAR-DSS exactly as it handicaps Optimus,
+    samples classify left unflagged keep weight 1 on every token: the guard "missed"
+    them.
+    """
+    from optimus_lib.detect.base import DetectorOptions, build_detector
+    from optimus_lib.train.star_dss import (
+        completion_token_ids,
+        compute_token_weights,
+        train_star_dss,
+    )
+
+    out = root / "star-dss"
+    if (out / "adapter").is_dir():
+        return out / "adapter"
+    flags = _flags(path, recs, "star_dss")
+    weights = [[1.0] * len(ids) for ids in completion_token_ids(samples, tok)]
+    flagged = [i for i, f in enumerate(flags) if f]
+    if flagged:
+        guard = build_detector(s.star_guard, DetectorOptions(threshold=s.star_threshold))
+        for i, w in zip(flagged, compute_token_weights([samples[i] for i in flagged], tok, guard)):
+            weights[i] = w
+    return train_star_dss(
+        s.model, samples, weights, out, s.sft, s.seed, s.save_steps, s.trust_remote_code, s.progress
+    )
+
+
+def merge_adapter(model: str, adapter: Path, out: Path, trust_remote_code: bool = False) -> Path:
+    """A standalone safetensors model (base + adapter merged), for serving stacks that do
+    not load PEFT adapters; written to a temp folder and renamed."""
+    from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.train.trainers import load_trained
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged = load_trained(model, adapter, "cpu", trust_remote_code)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    load_tokenizer(model, trust_remote_code).save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.replace(out)
+    return out

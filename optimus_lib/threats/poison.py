@@ -1,0 +1,131 @@
+"""Threat-model data builders: poisoned training sets and held-out test contexts.
+
+Every built record keeps its ground truth (``label``, ``category``, ``poisoned``) so
+later stages can report detector precision/recall and per-category effects.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+from optimus_lib.data.schema import Sample
+from optimus_lib.data.sources import chitchat_samples, rtp_texts
+
+
+@lru_cache(maxsize=4)
+def toxic_texts(min_score: float = 0.5) -> tuple[tuple[str, str], ...]:
+    """Confirmed-toxic (category, text) pairs: lexical toxicity score >= ``min_score``."""
+    from optimus_lib.detect.lexical import profanity_probs
+
+    pairs = list({t: (c, t) for c, t in rtp_texts()}.values())  # files share some lines
+    scores = profanity_probs([t for _, t in pairs])
+    return tuple(p for p, s in zip(pairs, scores) if s >= min_score)
+
+
+
+def split_toxic_pool(seed: int) -> tuple[list[tuple[str, str]], set[str]]:
+    """Confirmed-toxic texts for injection, and the set of texts reserved for them.
+
+    All RTP lines not used as injected replies are free to serve as held-out toxic
+    *contexts*, so a test context never appeared verbatim in training.
+    """
+    pool = list(toxic_texts())
+    random.Random(seed).shuffle(pool)
+    return pool, {t for _, t in pool}
+
+
+def inject(
+    benign: list[Sample],
+    toxic_fraction: float,
+    seed: int = 0,
+    toxic_pool: list[tuple[str, str]] | None = None,
+) -> list[Sample]:
+    """Indiscriminate injection: replace a fraction of responses with toxic replies."""
+    pool = toxic_pool if toxic_pool is not None else split_toxic_pool(seed)[0]
+    rng = random.Random(seed + 1)
+    n_toxic = round(toxic_fraction * len(benign))
+    chosen = set(rng.sample(range(len(benign)), n_toxic))
+    out = []
+    k = 0
+    for i, s in enumerate(benign):
+        if i in chosen:
+            cat, text = pool[k % len(pool)]
+            k += 1
+            t = s.with_response(text)
+            t.label, t.category = 1, cat
+            t.id = f"{s.id}-poison"
+            t.record = {**s.record, "poisoned": True}
+            out.append(t)
+        else:
+            clean = s.with_response(s.response)
+            clean.record = {**s.record, "poisoned": False}
+            out.append(clean)
+    return out
+
+
+def build_training_set(
+    n: int, toxic_fraction: float, seed: int = 0, max_context_turns: int = 3
+) -> list[Sample]:
+    """Chit-chat dialogs with confirmed-toxic replies injected at ``toxic_fraction``."""
+    benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
+    return inject(benign, toxic_fraction, seed)
+
+
+def build_eval_sets(
+    n_toxic: int, n_benign: int, seed: int = 0, skip: int = 0, max_context_turns: int = 3
+) -> tuple[list[Sample], list[Sample]]:
+    """Held-out toxic contexts (RTP openings never used as replies) and benign dialogs.
+
+    ``skip`` must be at least the number of training conversations so benign test
+    dialogs come from conversations never seen in training.
+    """
+    _, reserved = split_toxic_pool(seed)
+    free = [(c, t) for c, t in rtp_texts() if t not in reserved]
+    random.Random(seed + 2).shuffle(free)
+    toxic = [
+        Sample(
+            context=[t], response="", id=f"rtp-{i}", label=1, category=c, record={"source": "rtp"}
+        )
+        for i, (c, t) in enumerate(free[:n_toxic])
+    ]
+    benign = chitchat_samples(n_benign, seed=seed, max_context_turns=max_context_turns, skip=skip)
+    return toxic, benign
+
+
+def build_threat_set(
+    n: int,
+    toxic_fraction: float,
+    seed: int = 0,
+    max_context_turns: int = 3,
+    threat: str = "inject",
+    trigger: str = "cf-2024",
+    category: str | None = None,
+    evasion: str | None = None,
+    evasion_rate: float = 0.5,
+) -> list[Sample]:
+    """A poisoned chit-chat training set under one threat model, optionally with an
+    adaptive attack (jailbreak suffix or perturbation) on its toxic replies."""
+    from optimus_lib.threats import attacks
+    from optimus_lib.errors import OptimusError
+
+    benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
+    pool = split_toxic_pool(seed)[0]
+    if threat == "inject":
+        train = inject(benign, toxic_fraction, seed, pool)
+    elif threat == "backdoor":
+        train = attacks.backdoor(benign, pool, toxic_fraction, trigger, seed)
+    elif threat == "category":
+        train = attacks.category_injection(benign, pool, toxic_fraction, category or "", seed)
+    else:
+        raise OptimusError(f"unknown threat {threat!r}")
+    if evasion:
+        kind, _, name = evasion.partition(":")
+        try:
+            if kind == "jailbreak":
+                train = attacks.jailbreak_suffix(train, name, seed, rate=evasion_rate)
+            else:
+                train = attacks.perturb(train, name, evasion_rate, seed)
+        except (KeyError, ValueError) as exc:
+            raise OptimusError(f"evasion {evasion!r}: {exc}") from None
+    return train

@@ -1,0 +1,43 @@
+"""Training hyperparameters: LoRA, SFT and DPO (the paper's Stage 3 knobs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from optimus_lib.settings import Strict
+
+
+class LoraConfig(Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class SFTConfig(Strict):
+    learning_rate: float = Field(2e-4, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=16)
+    lora: LoraConfig = LoraConfig()
+    # Recompute activations in the backward pass (TRL's default): saves memory on large
+    # models; on a small model on CPU it only costs time (BENCHMARKS.md "SFT (CPU)").
+    gradient_checkpointing: bool = True
+
+
+class DPOConfig(Strict):
+    """DPO from the SFT adapter. ``precompute_ref`` computes the reference log-probs once
+    before training (one no-grad pass) instead of at every step: it pays from 2 epochs."""
+
+    beta: float = Field(0.3, gt=0.0)
+    precompute_ref: bool = False
+    learning_rate: float = Field(5e-5, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0)
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(128, ge=16)
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = True  # as in SFTConfig

@@ -1,0 +1,343 @@
+"""SFT and DPO on TRL + PEFT, resumable, and runnable unchanged under ``accelerate launch``.
+
+* SFT uses TRL's conversational prompt/completion format, so the loss is on the
+  response only and the model's own chat template is applied by TRL.
+* DPO starts from the SFT LoRA adapter. TRL copies it into a frozen ``ref`` adapter on
+  the same base weights, so the reference is exactly the SFT model without a second copy
+  of the base model in memory (and it works under ZeRO-3, where a separate reference
+  model is the well-known pitfall).
+* Checkpoints go to ``<out>/checkpoints``; a rerun resumes from the newest one. The
+  final adapter is written to a temp folder and renamed, so ``<out>/adapter`` exists
+  only when training finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
+from optimus_lib.data.schema import Sample
+from optimus_lib.models.engine import sanitize
+
+
+def _special_tokens(tokenizer) -> list[str]:
+    return list(dict.fromkeys([*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]))
+
+
+def _clean_messages(msgs: list[dict[str, str]], specials: list[str]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": sanitize(m["content"], specials)} for m in msgs]
+
+
+def _n_tokens(tokenizer, msgs: list[dict[str, str]]) -> int:
+    text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(
+    prompt: list[dict[str, str]], replies: list[str], tokenizer, max_length: int | None
+) -> list[dict[str, str]]:
+    """Drop the oldest turns (then the head of the last one) so every reply fits whole.
+
+    TRL truncates over-long sequences at the end, which would cut the *response*, the
+    only part with a loss. Keeping the most recent context and the whole reply instead
+    is what both SFT and DPO need.
+    """
+    if max_length is None:
+        return prompt
+    longest = max(replies, key=len)
+    msgs = list(prompt)
+
+    def total(m: list[dict[str, str]]) -> int:
+        return _n_tokens(tokenizer, [*m, {"role": "assistant", "content": longest}])
+
+    while len(msgs) > 1 and total(msgs) > max_length:
+        msgs = msgs[1:]
+    over = total(msgs) - max_length
+    if over > 0:
+        ids = tokenizer(msgs[-1]["content"], add_special_tokens=False)["input_ids"]
+        keep = ids[min(len(ids) - 1, over + 2) :] if ids else ids
+        msgs[-1] = {**msgs[-1], "content": tokenizer.decode(keep)}
+    return msgs
+
+
+def build_sft_records(
+    samples: list[Sample], tokenizer, max_length: int | None = None
+) -> list[dict[str, Any]]:
+    """Conversational prompt/completion records (TRL masks the prompt from the loss)."""
+    sp = _special_tokens(tokenizer)
+    out = []
+    for s in samples:
+        reply = sanitize(s.response, sp)
+        prompt = fit_prompt(
+            _clean_messages(s.prompt_messages(), sp), [reply], tokenizer, max_length
+        )
+        out.append({"prompt": prompt, "completion": [{"role": "assistant", "content": reply}]})
+    return out
+
+
+def fit_preferences(
+    pairs: list[dict[str, Any]], tokenizer, max_length: int | None = None
+) -> list[dict[str, Any]]:
+    """TRL conversational preference records (``prompt``/``chosen``/``rejected``) with the
+    model's special tokens broken up and the prompt shortened so both replies fit whole.
+    Pairs whose two replies are the same teach nothing and are dropped."""
+    sp = _special_tokens(tokenizer)
+    out = []
+    for p in pairs:
+        chosen = sanitize(p["chosen"][-1]["content"], sp)
+        rejected = sanitize(p["rejected"][-1]["content"], sp)
+        if chosen.strip() == rejected.strip():
+            continue
+        prompt = fit_prompt(
+            _clean_messages(p["prompt"], sp), [chosen, rejected], tokenizer, max_length
+        )
+        out.append(
+            {
+                "prompt": prompt,
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+            }
+        )
+    return out
+
+
+def build_dpo_pairs(
+    flagged: list[Sample], healed: list[str], tokenizer, max_length: int | None = None
+) -> list[dict[str, Any]]:
+    """prompt = context, chosen = healed reply, rejected = the original flagged reply."""
+    pairs = [
+        {
+            "prompt": s.prompt_messages(),
+            "chosen": [{"role": "assistant", "content": h}],
+            "rejected": [{"role": "assistant", "content": s.response}],
+        }
+        for s, h in zip(flagged, healed, strict=True)
+    ]
+    return fit_preferences(pairs, tokenizer, max_length)
+
+
+def _lora(cfg: LoraConfig):
+    from peft import LoraConfig as PeftLora
+
+    return PeftLora(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=cfg.target_modules,
+        task_type="CAUSAL_LM",
+    )
+
+
+def _last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def _common_args(
+    out: Path, cfg: SFTConfig | DPOConfig, seed: int, save_steps: int, progress: bool
+) -> dict[str, Any]:
+    """Trainer arguments shared by SFT, DPO and STAR-DSS (constant LR, as in the paper)."""
+    return {
+        "output_dir": str(out / "checkpoints"),
+        "learning_rate": cfg.learning_rate,
+        "num_train_epochs": cfg.epochs,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "lr_scheduler_type": "constant",
+        "warmup_steps": 0,
+        "logging_steps": 5,
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 1,
+        "report_to": [],
+        "seed": seed,
+        "data_seed": seed,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": not progress,
+        "bf16": _use_bf16(),
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        # Explicit on CPU-only machines so that several processes under
+        # `accelerate launch` form a gloo process group instead of each training alone.
+        "use_cpu": not _has_cuda(),
+    }
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _use_bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def _check_data(trainer, stage: str, max_length: int) -> None:
+    if len(trainer.train_dataset) == 0:
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            f"{stage}: no training example fits max_length={max_length} (raise train.{stage}."
+            "max_length)"
+        )
+
+
+def _finish(trainer, out: Path, card: dict[str, Any]) -> Path:
+    """Save the adapter atomically, drop checkpoints, write a small model card."""
+    final = out / "adapter"
+    if trainer.accelerator.is_main_process:
+        tmp = out / "adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+        trainer.processing_class.save_pretrained(str(tmp))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / "train_log.json").write_text(json.dumps(trainer.state.log_history, indent=1))
+        _model_card(out, card)
+    trainer.accelerator.wait_for_everyone()
+    return final
+
+
+def _model_card(out: Path, card: dict[str, Any]) -> None:
+    lines = [f"# Optimus {card['stage']} adapter", ""]
+    lines += [f"- **{k}**: {v}" for k, v in card.items() if k != "stage"]
+    lines += [
+        "",
+        "Made by Optimus (https://github.com/optimus-defense). Load with PEFT:",
+        "`PeftModel.from_pretrained(base, this_folder / 'adapter')`.",
+    ]
+    (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _prepare(base_spec: str, out: Path, trust_remote_code: bool):
+    """Output folder and a right-padded tokenizer (what the TRL collators expect)."""
+    from optimus_lib.models.specs import load_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(base_spec, trust_remote_code)
+    tok.padding_side = "right"
+    return tok
+
+
+def sft_args(out: Path, cfg: SFTConfig, seed: int, save_steps: int, progress: bool):
+    """TRL SFT arguments: loss on the completion only, no packing."""
+    from trl import SFTConfig as TrlSFTConfig
+
+    return TrlSFTConfig(
+        **_common_args(out, cfg, seed, save_steps, progress),
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        packing=False,
+    )
+
+
+def train_sft(
+    base_spec: str,
+    records: list[dict[str, Any]],
+    out: Path,
+    cfg: SFTConfig,
+    seed: int = 0,
+    save_steps: int = 25,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Path:
+    """LoRA SFT from the base model; returns the adapter folder."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from optimus_lib.models.specs import load_model
+
+    tok = _prepare(base_spec, out, trust_remote_code)
+    model = load_model(base_spec, "cpu", trust_remote_code)
+    args = sft_args(out, cfg, seed, save_steps, progress)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(records),
+        processing_class=tok,
+        peft_config=_lora(cfg.lora),
+    )
+    _check_data(trainer, "sft", cfg.max_length)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
+    card = {
+        "stage": "SFT",
+        "base model": base_spec,
+        "samples": len(records),
+        "settings": cfg.model_dump_json(),
+        "seed": seed,
+    }
+    return _finish(trainer, out, card)
+
+
+def train_dpo(
+    base_spec: str,
+    sft_adapter: Path,
+    pairs: list[dict[str, Any]],
+    out: Path,
+    cfg: DPOConfig,
+    seed: int = 0,
+    save_steps: int = 25,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Path:
+    """DPO continuing the SFT adapter, with the frozen SFT adapter as the reference."""
+    from datasets import Dataset
+    from peft import PeftModel
+    from trl import DPOConfig as TrlDPOConfig
+    from trl import DPOTrainer
+
+    from optimus_lib.models.specs import load_model
+
+    tok = _prepare(base_spec, out, trust_remote_code)
+    base = load_model(base_spec, "cpu", trust_remote_code)
+    model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
+    args = TrlDPOConfig(
+        **_common_args(out, cfg, seed, save_steps, progress),
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref,
+        precompute_ref_batch_size=max(8, 2 * cfg.batch_size),
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=None,
+        args=args,
+        train_dataset=Dataset.from_list(pairs),
+        processing_class=tok,
+    )
+    _check_data(trainer, "dpo", cfg.max_length)
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
+    card = {
+        "stage": "DPO",
+        "base model": base_spec,
+        "started from": str(sft_adapter),
+        "reference": "frozen copy of the SFT adapter",
+        "pairs": len(pairs),
+        "settings": cfg.model_dump_json(),
+        "seed": seed,
+    }
+    return _finish(trainer, out, card)
+
+
+def load_trained(
+    base_spec: str, adapter: Path | None, device: str = "auto", trust_remote_code: bool = False
+):
+    """Base model with an adapter merged in (fast inference), or the base alone."""
+    from peft import PeftModel
+
+    from optimus_lib.models.specs import load_model
+
+    model = load_model(base_spec, device, trust_remote_code)
+    if adapter is None:
+        return model
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
