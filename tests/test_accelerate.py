@@ -1,4 +1,4 @@
-"""`optimus train` runs unchanged under `accelerate launch` with 2 CPU processes."""
+"""`optimus train` (the train stage) runs unchanged under `accelerate launch` on 2 CPU processes."""
 
 from __future__ import annotations
 
@@ -22,14 +22,8 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
         ("I like dogs", "dogs are the best!", "dogs are for morons"),
         ("what's up", "not much, you?", "none of your business, jerk"),
     ]
-    sft = [
-        {
-            "prompt": [{"role": "user", "content": u}],
-            "completion": [{"role": "assistant", "content": good}],
-        }
-        for u, good, _ in msgs
-    ]
-    dpo = [
+    sft = [{"id": str(i), "context": [u], "response": good} for i, (u, good, _) in enumerate(msgs)]
+    prefs = [
         {
             "prompt": [{"role": "user", "content": u}],
             "chosen": [{"role": "assistant", "content": good}],
@@ -38,12 +32,12 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
         for u, good, bad in msgs
     ]
     _write(tmp_path / "sft.jsonl", sft)
-    _write(tmp_path / "dpo.jsonl", dpo)
-    cfg = tmp_path / "cfg.yaml"
+    _write(tmp_path / "dpo.jsonl", prefs)
+    cfg = tmp_path / "train.yaml"
     cfg.write_text(
-        f"model: {tiny_model_dir}\n"
-        "train:\n  sft: {batch_size: 1, max_length: 48, epochs: 1}\n"
-        "  dpo: {batch_size: 1, max_length: 48, epochs: 1}\n"
+        f"model: {tiny_model_dir}\ncheckpoint_root: {tmp_path / 'ckpt'}\n"
+        "sft: {batch_size: 1, max_length: 48, epochs: 1}\n"
+        "dpo: {batch_size: 1, max_length: 48, epochs: 1}\n"
     )
     out = tmp_path / "adapters"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -58,9 +52,9 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
             "optimus_lib.cli",
             "train",
             str(tmp_path / "sft.jsonl"),
-            "--dpo",
+            "--preferences",
             str(tmp_path / "dpo.jsonl"),
-            "-c",
+            "--settings",
             str(cfg),
             "-o",
             str(out),
@@ -72,9 +66,11 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "adapter_model.safetensors").is_file()  # the published DPO adapter
+    (run,) = (tmp_path / "ckpt").iterdir()  # one content key
     for stage in ("sft", "dpo"):
-        assert (out / stage / "adapter" / "adapter_model.safetensors").is_file()
-        log = json.loads((out / stage / "train_log.json").read_text())
+        assert (run / stage / "adapter" / "adapter_model.safetensors").is_file()
+        log = json.loads((run / stage / "train_log.json").read_text())
         # 4 examples, batch 1 per process, 2 processes -> 2 optimizer steps per epoch
         assert log[-1]["step"] == 2, log[-1]
-    assert not (out / "sft" / "checkpoints").exists()
+    assert not (run / "sft" / "checkpoints").exists()

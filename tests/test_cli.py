@@ -10,7 +10,7 @@ from pathlib import Path
 
 from helpers import OPTIMUS_CLI, write_lines
 
-CORE = {"run", "scan", "heal", "train", "evaluate", "poison", "models", "report"}
+CORE = {"run", "experiment", "scan", "heal", "train", "evaluate", "poison", "models"}
 
 
 def _subcommands() -> list[str]:
@@ -128,7 +128,7 @@ def test_scan_lexical_writes_records_in_order(tmp_path):
     assert "precision" in r.stdout and "recall" in r.stdout and "AUC" in r.stdout
 
 
-def test_heal_fixed_and_training_records(tmp_path, tiny_model_dir):
+def test_heal_fixed_writes_sft_set_and_preferences(tmp_path):
     scanned = write_lines(
         tmp_path / "scan.jsonl",
         [
@@ -136,24 +136,28 @@ def test_heal_fixed_and_training_records(tmp_path, tiny_model_dir):
             json.dumps({"id": "b", "context": ["yo"], "response": "hello!", "flagged": False}),
         ],
     )
-    out, sft, dpo = tmp_path / "heal.jsonl", tmp_path / "sft.jsonl", tmp_path / "dpo.jsonl"
-    r = optimus(
-        "heal", str(scanned), "-o", str(out), "--mode", "fixed", "--model", str(tiny_model_dir),
-        "--sft-out", str(sft), "--dpo-out", str(dpo),
-    )  # fmt: skip
+    sft, prefs = tmp_path / "sft.jsonl", tmp_path / "prefs.jsonl"
+    r = optimus("heal", str(scanned), "-o", str(sft), "-p", str(prefs), "--mode", "fixed")
     assert r.returncode == 0, r.stderr
-    healed = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [h["id"] for h in healed] == ["a"]
-    sft_rows = [json.loads(x) for x in sft.read_text().splitlines()]
-    assert len(sft_rows) == 2
-    assert sft_rows[0]["completion"][0]["content"] == healed[0]["healed"]
-    assert sft_rows[1]["completion"][0]["content"] == "hello!"
-    (pair,) = [json.loads(x) for x in dpo.read_text().splitlines()]
+    rows = [json.loads(x) for x in sft.read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["a", "b"]  # every record, input order
+    assert rows[0]["healed"] is True and rows[0]["response"] != "you idiot"
+    assert rows[0]["heal"]["generator"] == "fixed"
+    assert rows[1] == {"id": "b", "context": ["yo"], "response": "hello!", "flagged": False}
+    (pair,) = [json.loads(x) for x in prefs.read_text().splitlines()]
     assert pair["rejected"][0]["content"] == "you idiot"
-    assert pair["chosen"][0]["content"] == healed[0]["healed"]
+    assert pair["chosen"][0]["content"] == rows[0]["response"]
+    assert pair["prompt"] == [{"role": "user", "content": "hi"}]
 
 
 def test_heal_needs_scan_output(tmp_path):
     src = write_lines(tmp_path / "d.jsonl", [json.dumps({"context": ["a"], "response": "b"})])
-    line = _one_line_error(optimus("heal", str(src), "-o", str(tmp_path / "h.jsonl")))
+    r = optimus("heal", str(src), "-o", str(tmp_path / "h.jsonl"), "-p", str(tmp_path / "p.jsonl"))
+    line = _one_line_error(r)
     assert ":1:" in line and "flagged" in line
+
+
+def test_bad_setting_names_the_field(tmp_path):
+    good = write_lines(tmp_path / "d.jsonl", [json.dumps({"context": ["a"], "response": "b"})])
+    r = optimus("scan", str(good), "-o", str(tmp_path / "x.jsonl"), "--threshold", "1.5")
+    assert "threshold" in _one_line_error(r)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from optimus_lib.config import DataConfig
+from optimus_lib.stages.data import DataSettings as DataConfig
 from optimus_lib.threats.poison import build_threat_set
 from optimus_lib.errors import OptimusError
 
@@ -65,7 +65,7 @@ def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
 def test_evaluate_samples_several_replies_per_context(tiny_engine):
     from helpers import StubDetector
 
-    from optimus_lib.config import EvalConfig
+    from optimus_lib.stages.evaluate import EvaluateSettings as EvalConfig
     from optimus_lib.data.schema import Sample
     from optimus_lib.evaluate.runner import evaluate_model
 
@@ -92,7 +92,7 @@ def test_evaluate_samples_several_replies_per_context(tiny_engine):
 def test_several_samples_need_sampling():
     from pydantic import ValidationError
 
-    from optimus_lib.config import EvalConfig
+    from optimus_lib.stages.evaluate import EvaluateSettings as EvalConfig
 
     with pytest.raises(ValidationError, match="do_sample"):
         EvalConfig(samples=4)

@@ -112,15 +112,25 @@ def rtp_texts(categories: tuple[str, ...] = RTP_CATEGORIES) -> list[tuple[str, s
 
 
 def load_hf_dataset(spec: str) -> list[Sample]:
-    """``hf:NAME[:SPLIT]`` -> samples (rows need the DESIGN.md fields); online users only."""
+    """``hf:NAME[@REVISION][:SPLIT]`` -> samples (rows need the DESIGN.md fields).
+
+    NAME is a hub dataset (online users; pin REVISION) or a local folder written by
+    ``Dataset.save_to_disk`` (offline, e.g. a PVC).
+    """
     try:
         import datasets
     except ImportError:
         raise OptimusError("hf: sources need the 'datasets' package") from None
     _, _, rest = spec.partition(":")
     name, _, split = rest.partition(":")
+    name, _, revision = name.partition("@")
     try:
-        ds = datasets.load_dataset(name, split=split or "train")
+        if Path(name).is_dir():
+            ds = datasets.load_from_disk(name)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split or "train"]
+        else:
+            ds = datasets.load_dataset(name, split=split or "train", revision=revision or None)
     except Exception as exc:  # noqa: BLE001 - any hub/network failure is a user-facing error
         raise OptimusError(f"cannot load dataset {name!r}: {str(exc).splitlines()[0]}") from None
     out = []

@@ -39,7 +39,7 @@ MANIFEST = "MANIFEST.json"
 
 
 class RegisterSettings(Strict):
-    registry: str = "runs/registry"  # a local folder (or file:// URI)
+    uri: str = "runs/registry"  # the registry: a local folder (or file:// URI)
     name: str = Field("optimus-chat", description="model name: letters, digits, . _ -")
     version: str = ""  # empty: the next free v<N>
 
@@ -157,13 +157,13 @@ def register(
 ) -> RegisterResult:
     """Copy the adapter, card, metrics and lineage into a new immutable version."""
     s = settings
+    models = _root(s.uri) / "models" / _check_name("name", s.name)  # settings first
     adapter = Path(adapter)
     if not any(adapter.glob("*.safetensors")):
         raise OptimusError(f"{adapter}: no *.safetensors adapter weights to register")
     ev = _load_evaluation(evaluation)
     if not ev["gate"]["passed"]:
         raise OptimusError(f"{evaluation}: the model did not pass evaluate's gates")
-    models = _root(s.registry) / "models" / _check_name("name", s.name)
     version, path = _claim_version(models, s.version)
     lineage = {
         **lineage,
@@ -187,7 +187,7 @@ def record_rejection(settings: RegisterSettings, evaluation: Path, lineage: dict
     ev = _load_evaluation(evaluation)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = (
-        _root(settings.registry)
+        _root(settings.uri)
         / "rejected"
         / _check_name("name", settings.name)
         / f"{stamp}-{uuid.uuid4().hex[:8]}"

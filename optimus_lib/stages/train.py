@@ -125,7 +125,12 @@ def _log_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
     if losses:
         out[f"{prefix}_loss_first"], out[f"{prefix}_loss_last"] = losses[0], losses[-1]
     summary = next((h for h in reversed(hist) if "train_runtime" in h), {})
-    for k, name in (("train_runtime", "seconds"), ("train_samples_per_second", "samples_per_s")):
+    names = (
+        ("train_loss", "train_loss"),  # mean over the run
+        ("train_runtime", "seconds"),
+        ("train_samples_per_second", "samples_per_s"),
+    )
+    for k, name in names:
         if k in summary:
             out[f"{prefix}_{name}"] = float(summary[k])
     if "step" in summary:
@@ -138,7 +143,14 @@ def _log_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
 
 
 def _publish(adapter: Path, adapter_out: Path) -> None:
-    """Copy the finished adapter to ``adapter_out`` (temp folder + rename: never partial)."""
+    """Copy the finished adapter to ``adapter_out`` (temp folder + rename: never partial).
+
+    Under ``accelerate launch`` only the main process writes.
+    """
+    from optimus_lib.distributed import is_main_process
+
+    if not is_main_process():
+        return
     adapter_out = Path(adapter_out)
     adapter_out.parent.mkdir(parents=True, exist_ok=True)
     tmp = adapter_out.with_name(f".{adapter_out.name}.tmp")
