@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from optimus_lib.data.schema import Sample
 from optimus_lib.threats.attacks import (
     DEFAULT_TRIGGER,
     HEALER_ATTACKS,
@@ -27,7 +28,6 @@ from optimus_lib.threats.attacks import (
     perturb,
     perturb_text,
 )
-from optimus_lib.data.schema import Sample
 
 POOL = [
     ("insult", "You are a stupid idiot."),

@@ -181,8 +181,7 @@ def test_build_training_set_counts_and_determinism():
 
 
 def test_eval_toxic_contexts_never_injected_replies():
-    from optimus_lib.threats.poison import build_eval_sets, build_training_set
-    from optimus_lib.threats.poison import toxic_texts
+    from optimus_lib.threats.poison import build_eval_sets, build_training_set, toxic_texts
 
     train = build_training_set(50, 0.3, seed=0)
     injected = {s.response for s in train if s.label == 1}

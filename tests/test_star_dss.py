@@ -14,9 +14,9 @@ import pytest
 import torch
 from helpers import StubDetector
 
-from optimus_lib.train.config import LoraConfig, SFTConfig
 from optimus_lib.data.schema import Sample
 from optimus_lib.errors import OptimusError
+from optimus_lib.train.config import LoraConfig, SFTConfig
 from optimus_lib.train.star_dss import (
     WEIGHTS_KEY,
     StarDSSCollator,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from optimus_lib.errors import OptimusError
 from optimus_lib.stages.data import DataSettings as DataConfig
 from optimus_lib.threats.poison import build_threat_set
-from optimus_lib.errors import OptimusError
 
 
 def test_backdoor_set_has_trigger_only_on_toxic_replies():
@@ -45,9 +45,9 @@ def test_bad_threat_settings_are_config_errors():
 def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
     from helpers import StubDetector
 
-    from optimus_lib.threats.attacks import add_trigger
     from optimus_lib.data.schema import Sample
     from optimus_lib.evaluate.runner import evaluate_model
+    from optimus_lib.threats.attacks import add_trigger
 
     ben = [
         Sample(context=["hi there"], response="hello!", id="b1"),
@@ -65,9 +65,9 @@ def test_evaluate_reports_rtr_on_triggered_contexts(tiny_engine):
 def test_evaluate_samples_several_replies_per_context(tiny_engine):
     from helpers import StubDetector
 
-    from optimus_lib.stages.evaluate import EvaluateSettings as EvalConfig
     from optimus_lib.data.schema import Sample
     from optimus_lib.evaluate.runner import evaluate_model
+    from optimus_lib.stages.evaluate import EvaluateSettings as EvalConfig
 
     tox = [Sample(context=["you idiot"], response="", id="t1")]
     ben = [

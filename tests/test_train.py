@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
 from optimus_lib.data.schema import Sample
+from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
 from optimus_lib.train.trainers import (
     build_dpo_pairs,
     build_sft_records,

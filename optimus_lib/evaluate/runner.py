@@ -48,8 +48,9 @@ def evaluate_model(
 
     ``triggered``: benign contexts carrying a backdoor trigger; their RTR (``rtr_trigger``)
     next to ``rtr_benign`` shows whether a backdoor survived the defense.
-    ``sampling`` (anything with ``do_sample``, ``samples``, ``top_p``, ``temperature``): decode with nucleus sampling and ``samples`` replies per context (RTR,
-    refusal, diversity and similarity are then over every reply); greedy when None or
+    ``sampling`` (anything with ``do_sample``, ``samples``, ``top_p``, ``temperature``):
+    decode with nucleus sampling and ``samples`` replies per context (RTR, refusal,
+    diversity and similarity are then over every reply); greedy when None or
     ``do_sample`` is off.
     """
     from optimus_lib.models.engine import perplexity

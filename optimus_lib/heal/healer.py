@@ -9,10 +9,9 @@ context can never push a toxic "healed" reply into training.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector

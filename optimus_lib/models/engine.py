@@ -15,17 +15,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-
-def sanitize(text: str, special_tokens: Sequence[str]) -> str:
-    """Break up special-token strings inside untrusted text.
-
-    Dataset text is hostile: a reply containing ``<|im_end|>`` would otherwise be
-    tokenized as a real turn boundary and could forge a judge's or trainer's prompt.
-    """
-    for tok in special_tokens:
-        if len(tok) > 1 and tok in text:
-            text = text.replace(tok, tok[0] + " " + tok[1:])
-    return text
+from optimus_lib.models.text import sanitize  # noqa: F401 - re-exported
 
 
 def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[list[int]]:

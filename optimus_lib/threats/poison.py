@@ -23,7 +23,6 @@ def toxic_texts(min_score: float = 0.5) -> tuple[tuple[str, str], ...]:
     return tuple(p for p, s in zip(pairs, scores) if s >= min_score)
 
 
-
 def split_toxic_pool(seed: int) -> tuple[list[tuple[str, str]], set[str]]:
     """Confirmed-toxic texts for injection, and the set of texts reserved for them.
 
@@ -106,8 +105,8 @@ def build_threat_set(
 ) -> list[Sample]:
     """A poisoned chit-chat training set under one threat model, optionally with an
     adaptive attack (jailbreak suffix or perturbation) on its toxic replies."""
-    from optimus_lib.threats import attacks
     from optimus_lib.errors import OptimusError
+    from optimus_lib.threats import attacks
 
     benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
     pool = split_toxic_pool(seed)[0]

@@ -30,17 +30,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from trl import SFTTrainer
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-from optimus_lib.train.config import SFTConfig
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector
 from optimus_lib.errors import OptimusError
+from optimus_lib.train.config import SFTConfig
 from optimus_lib.train.trainers import (
     _finish,
     _last_checkpoint,
@@ -49,6 +46,9 @@ from optimus_lib.train.trainers import (
     build_sft_records,
     sft_args,
 )
+
+if TYPE_CHECKING:  # torch and TRL load only when a loss is computed or a model trained
+    import torch
 
 WEIGHTS_KEY = "star_weights"
 """Dataset column / batch key holding the per-token safety weights."""
@@ -156,6 +156,8 @@ def star_dss_token_terms(
     predict ``labels[..., t]`` (already shifted). Returns two tensors of ``labels``'
     shape. The reference is detached: it is a fixed target, never trained.
     """
+    import torch
+
     logp = torch.log_softmax(logits.float(), dim=-1)
     ref_logp = torch.log_softmax(ref_logits.detach().float(), dim=-1)
     ce = -logp.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
@@ -181,6 +183,8 @@ def star_dss_token_loss(
     ``Trainer`` passes it; by default it is ``mask.sum()``. A batch without tokens gives
     a differentiable 0.
     """
+    import torch
+
     sel = mask.bool()
     ce, kl = star_dss_token_terms(logits[sel], ref_logits[sel], labels[sel])
     w = weights[sel].to(ce.dtype)
@@ -205,6 +209,9 @@ class StarDSSCollator:
     pad_to_multiple_of: int | None = None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+        from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
         weights = [list(ex[WEIGHTS_KEY])[: len(ex["input_ids"])] for ex in examples]
         rest = [{k: v for k, v in ex.items() if k != WEIGHTS_KEY} for ex in examples]
         batch = DataCollatorForLanguageModeling(
@@ -218,57 +225,66 @@ class StarDSSCollator:
         return batch
 
 
-class StarDSSTrainer(SFTTrainer):
-    """SFTTrainer whose loss is the STAR-DSS mix of CE and KL to the adapter-free model.
+@lru_cache(maxsize=1)
+def star_dss_trainer_class() -> type:
+    """:class:`StarDSSTrainer`, defined on first use (it subclasses TRL's SFTTrainer, and
+    importing TRL at module import would make every importer pay for torch)."""
+    import torch
+    from trl import SFTTrainer
 
-    Needs a PEFT (LoRA) model: the reference forward runs the same model under
-    ``disable_adapter()`` without gradients, which is the frozen base model. Expects a
-    pre-tokenized dataset with ``input_ids``, ``labels`` (-100 off the completion) and
-    ``star_weights`` per token, collated by :class:`StarDSSCollator`.
-    """
+    class StarDSSTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the STAR-DSS mix of CE and KL to the adapter-free model.
 
-    _tag_names = ["trl", "sft", "star-dss", "optimus"]
+        Needs a PEFT (LoRA) model: the reference forward runs the same model under
+        ``disable_adapter()`` without gradients, which is the frozen base model. Expects a
+        pre-tokenized dataset with ``input_ids``, ``labels`` (-100 off the completion) and
+        ``star_weights`` per token, collated by :class:`StarDSSCollator`.
+        """
 
-    def _set_signature_columns_if_needed(self) -> None:
-        # keep the weights column through Trainer's unused-column removal
-        super()._set_signature_columns_if_needed()
-        if WEIGHTS_KEY not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, WEIGHTS_KEY]
+        _tag_names = ["trl", "sft", "star-dss", "optimus"]
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if self.model.training else "eval"
-        inputs = dict(inputs)
-        weights = inputs.pop(WEIGHTS_KEY)
-        labels = inputs.pop("labels")
-        inputs["use_cache"] = False
+        def _set_signature_columns_if_needed(self) -> None:
+            # keep the weights column through Trainer's unused-column removal
+            super()._set_signature_columns_if_needed()
+            if WEIGHTS_KEY not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, WEIGHTS_KEY]
 
-        peft_model = self.accelerator.unwrap_model(model)
-        if not hasattr(peft_model, "disable_adapter"):
-            raise OptimusError(
-                "STAR-DSS needs a PEFT model: its reference is the adapter-free base"
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            mode = "train" if self.model.training else "eval"
+            inputs = dict(inputs)
+            weights = inputs.pop(WEIGHTS_KEY)
+            labels = inputs.pop("labels")
+            inputs["use_cache"] = False
+
+            peft_model = self.accelerator.unwrap_model(model)
+            if not hasattr(peft_model, "disable_adapter"):
+                raise OptimusError(
+                    "STAR-DSS needs a PEFT model: its reference is the adapter-free base"
+                )
+            with torch.no_grad(), peft_model.disable_adapter():
+                ref_logits = peft_model(**inputs).logits[:, :-1]
+            outputs = model(**inputs)
+            logits = outputs.logits[:, :-1]
+
+            shift_labels = labels[:, 1:]
+            shift_weights = weights[:, 1:]
+            mask = shift_labels != -100
+            loss = star_dss_token_loss(
+                logits, ref_logits, shift_labels, shift_weights, mask, num_items=num_items_in_batch
             )
-        with torch.no_grad(), peft_model.disable_adapter():
-            ref_logits = peft_model(**inputs).logits[:, :-1]
-        outputs = model(**inputs)
-        logits = outputs.logits[:, :-1]
+            # Like SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages.
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
 
-        shift_labels = labels[:, 1:]
-        shift_weights = weights[:, 1:]
-        mask = shift_labels != -100
-        loss = star_dss_token_loss(
-            logits, ref_logits, shift_labels, shift_weights, mask, num_items=num_items_in_batch
-        )
-        # Like SFTTrainer: num_items_in_batch counts every rank's tokens and DDP averages.
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            with torch.no_grad():
+                ce, kl = star_dss_token_terms(logits[mask], ref_logits[mask], shift_labels[mask])
+                n = self.accelerator.gather_for_metrics(mask.sum()).sum().clamp(min=1)
+                for name, val in (("ce", ce), ("kl", kl), ("star_weight", shift_weights[mask])):
+                    total = self.accelerator.gather_for_metrics(val.float().sum()).sum()
+                    self._metrics[mode][name].append((total / n).item())
+            return (loss, outputs) if return_outputs else loss
 
-        with torch.no_grad():
-            ce, kl = star_dss_token_terms(logits[mask], ref_logits[mask], shift_labels[mask])
-            n = self.accelerator.gather_for_metrics(mask.sum()).sum().clamp(min=1)
-            for name, val in (("ce", ce), ("kl", kl), ("star_weight", shift_weights[mask])):
-                total = self.accelerator.gather_for_metrics(val.float().sum()).sum()
-                self._metrics[mode][name].append((total / n).item())
-        return (loss, outputs) if return_outputs else loss
+    return StarDSSTrainer
 
 
 # --------------------------------------------------------------------------- training
@@ -315,7 +331,7 @@ def build_star_dss_trainer(
     save_steps: int = 25,
     trust_remote_code: bool = False,
     progress: bool = True,
-) -> StarDSSTrainer:
+) -> Any:
     """A ready :class:`StarDSSTrainer` with a fresh LoRA on the base model (not trained yet).
 
     Separate from :func:`train_star_dss` so tests can check the loss on a real batch.
@@ -328,7 +344,7 @@ def build_star_dss_trainer(
     rows = build_star_dss_rows(samples, weights, tok, cfg.max_length)
     model = load_model(base_spec, "cpu", trust_remote_code)
     args = sft_args(out, cfg, seed, save_steps, progress)
-    return StarDSSTrainer(
+    return star_dss_trainer_class()(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(rows),

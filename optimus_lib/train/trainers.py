@@ -19,9 +19,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
 from optimus_lib.data.schema import Sample
-from optimus_lib.models.engine import sanitize
+from optimus_lib.models.text import sanitize
+from optimus_lib.train.config import DPOConfig, LoraConfig, SFTConfig
 
 
 def _special_tokens(tokenizer) -> list[str]:
