@@ -2,7 +2,7 @@
 
 All three run ``optimus_lib.train.trainers.train_dpo`` itself, on the bundled model
 (SmolLM2-135M-Instruct, fp32 on CPU), continuing the same SFT LoRA adapter on the same
-preference pairs, with the same ``optimus_lib.config.DPOConfig`` (LoRA r=16 all-linear,
+preference pairs, with the same ``optimus_lib.train.config.DPOConfig`` (LoRA r=16 all-linear,
 batch 4, max_length 128, seed 0). Only the reference differs:
 
 * ``a`` **ours**: ``train_dpo`` as shipped: ``PeftModel`` with the SFT adapter and
@@ -128,9 +128,10 @@ def _version(mod: str) -> str:
 # ---- setup (once, cached in --work) ------------------------------------------------------
 def setup(work: Path, n_pairs: int, max_length: int) -> dict:
     """Preference pairs (flagged toxic replies as rejected) and an SFT adapter."""
-    from optimus_lib.config import BUNDLED_MODEL, SFTConfig
-    from optimus_lib.threats.poison import build_training_set
     from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.settings import BUNDLED_MODEL
+    from optimus_lib.threats.poison import build_training_set
+    from optimus_lib.train.config import SFTConfig
     from optimus_lib.train.trainers import build_dpo_pairs, build_sft_records, train_sft
 
     work.mkdir(parents=True, exist_ok=True)
@@ -210,8 +211,9 @@ def worker(variant: str, work: Path, run_dir: Path, a: argparse.Namespace) -> di
     import trl
     from transformers import TrainerCallback
 
-    from optimus_lib.config import BUNDLED_MODEL, DPOConfig
+    from optimus_lib.settings import BUNDLED_MODEL
     from optimus_lib.train import trainers
+    from optimus_lib.train.config import DPOConfig
 
     torch.set_num_threads(a.threads)
     pairs = json.loads(Path(a.pairs_file).read_text())

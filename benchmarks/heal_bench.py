@@ -52,11 +52,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from optimus_lib.config import BUNDLED_MODEL, HealConfig  # noqa: E402
-from optimus_lib.threats.poison import build_training_set  # noqa: E402
 from optimus_lib.heal.healer import ContextualHealer  # noqa: E402
 from optimus_lib.models.engine import TransformersEngine  # noqa: E402
 from optimus_lib.models.specs import load_model, load_tokenizer  # noqa: E402
+from optimus_lib.settings import BUNDLED_MODEL  # noqa: E402
+from optimus_lib.stages.heal import HealSettings as HealConfig  # noqa: E402
+from optimus_lib.threats.poison import build_training_set  # noqa: E402
 
 
 def log(msg: str) -> None:

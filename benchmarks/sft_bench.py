@@ -103,8 +103,8 @@ def main() -> None:
     if args.quick:
         args.steps, args.rounds = 2, 1
 
-    from optimus_lib.threats.poison import build_training_set
     from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.threats.poison import build_training_set
     from optimus_lib.train.trainers import build_sft_records
 
     tok = load_tokenizer("smollm2-135m-instruct")
