@@ -306,18 +306,28 @@ def train(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Base model spec.")] = None,
     seed: Annotated[int | None, typer.Option(help="Training seed.")] = None,
+    merge_out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write a merged safetensors model (base + adapter) here, for serving "
+            "stacks that do not load PEFT adapters."
+        ),
+    ] = None,
     settings: SettingsOpt = None,
 ) -> None:
     """LoRA SFT, then DPO from the SFT adapter (stage dpo_train). Resumes when rerun.
 
     Works under `accelerate launch` (multi-GPU, DeepSpeed, FSDP) unchanged.
     """
-    from optimus_lib.stages.train import TrainSettings
+    from optimus_lib.stages.train import TrainSettings, merge_adapter
     from optimus_lib.stages.train import train as train_stage
 
     s = _settings(TrainSettings, settings, method=method, model=model, seed=seed, progress=True)
     res = train_stage(s, sft_data, output, preferences)
     out.print(f"{res.method}: {res.sft_samples} SFT dialogs, {res.dpo_pairs} DPO pairs -> {output}")
+    if merge_out is not None:
+        merge_adapter(s.model, output, merge_out, s.trust_remote_code)
+        out.print(f"merged model -> {merge_out}")
 
 
 @app.command()

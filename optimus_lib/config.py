@@ -4,7 +4,8 @@
 pipeline's parameters (:meth:`PipelineSettings.pipeline_arguments`). Each section is the
 owning stage's own settings model, so a typo anywhere is an error naming the field.
 Values that two stages need are set once at the top level and given to both: ``model``
-(fine-tuned and evaluated), ``seed``, ``detector`` (classify's detector and, unless
+(fine-tuned and evaluated), ``judge_model`` (classify's LLM judge and heal's generator),
+``seed``, ``detector`` (classify's detector and, unless
 ``heal.rescore_detector`` names another, heal's re-scoring detector: it must differ when
 classify reads labels, e.g. the oracle). Setting a shared value inside a section is an
 error, not a silent conflict.
@@ -32,8 +33,8 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 # section -> fields that are set at the top level and given to that stage
 SHARED = {
     "data": ("seed",),
-    "classify": ("detector",),
-    "heal": ("seed",),
+    "classify": ("detector", "model"),
+    "heal": ("seed", "model"),
     "train": ("model", "seed", "method"),
     "evaluate": ("model", "seed"),
 }
@@ -55,7 +56,8 @@ class PipelineSettings(Strict):
     """A whole defense pipeline run."""
 
     name: str = "run"
-    model: str = BUNDLED_MODEL
+    model: str = BUNDLED_MODEL  # the chat model fine-tuned and evaluated
+    judge_model: str = BUNDLED_MODEL  # the aligned model: llm-judge and healer
     seed: int = 0
     detector: str = "llm-judge"
     method: Method = "optimus"
@@ -79,6 +81,13 @@ class PipelineSettings(Strict):
                     f"{section}.{f}: set '{f}' at the top level (it is given to every "
                     "stage that needs it)"
                 )
+        if self.method in ("no_defense", "star_dss"):
+            # the defense pipeline trains on heal's output; these two need the original
+            # replies, which the experiment runner gives them
+            raise ValueError(
+                f"method: {self.method!r} runs in `optimus experiment`; the defense pipeline "
+                "takes optimus, no_dpo, fixed_heal or filter"
+            )
         if "oracle" in self.stage("heal").rescore_detector:
             raise ValueError(
                 "heal.rescore_detector: the oracle reads labels and healed replies have none; "
@@ -88,13 +97,8 @@ class PipelineSettings(Strict):
 
     def stage(self, section: str) -> Any:
         """A section's settings with the shared top-level values filled in."""
-        shared = {
-            "seed": self.seed,
-            "detector": self.detector,
-            "rescore_detector": self.detector,
-            "model": self.model,
-            "method": self.method,
-        }
+        shared = {"seed": self.seed, "detector": self.detector, "method": self.method}
+        shared["model"] = self.judge_model if section in ("classify", "heal") else self.model
         sec = getattr(self, section)
         fill = {f: shared[f] for f in SHARED.get(section, ())}
         if section == "heal" and "rescore_detector" not in sec.model_fields_set:
@@ -110,8 +114,10 @@ class PipelineSettings(Strict):
         r = self.resources
         return {
             "model": self.model,
+            "judge_model": self.judge_model,
             "seed": self.seed,
             "detector": self.detector,
+            "rescore_detector": self.stage("heal").rescore_detector,
             "method": self.method,
             "data_settings": only_set("data"),
             "classify_settings": only_set("classify"),

@@ -64,3 +64,49 @@ def test_scan_with_real_bundled_model(tmp_path, bundled_dir):
     assert len({x["toxicity"] for x in rows}) > 1  # the model really reads each dialog
     assert "scanned 6 dialogs" in r.stdout
     assert "precision" in r.stdout  # labels present -> metrics printed
+
+
+@pytest.mark.slow
+def test_defense_pipeline_on_the_bundled_model(tmp_path, bundled_dir):
+    """`optimus run` (the KFP pipeline under kfp.local) with the real SmolLM2 everywhere:
+    the judge-free wordlist flags, the bundled model heals, trains and is evaluated."""
+    settings = tmp_path / "s.yaml"
+    settings.write_text(
+        f"""name: bundled-e2e
+model: smollm2-135m-instruct
+detector: wordlist
+data: {{n_train: 12, n_eval_toxic: 3, n_eval_benign: 3, max_context_turns: 1}}
+heal: {{max_new_tokens: 12, retries: 0}}
+train:
+  checkpoint_root: {tmp_path / "ckpt"}
+  sft: {{epochs: 1, batch_size: 4, max_length: 64, gradient_checkpointing: false}}
+  dpo: {{epochs: 1, batch_size: 4, max_length: 64, gradient_checkpointing: false}}
+evaluate:
+  max_new_tokens: 8
+  similarity: false
+  gates: {{max_perplexity_increase: 1.0}}
+registry: {{uri: {tmp_path / "registry"}, name: bundled-e2e}}
+"""
+    )
+    r = subprocess.run(
+        [*OPTIMUS_CLI, "run", str(settings), "-o", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    m, base = summary["metrics"], summary["base_metrics"]
+    assert 0 <= m["rtr_toxic"] <= 1 and m["perplexity"] > 1 and base["perplexity"] > 1
+    assert m["perplexity"] != base["perplexity"]  # the adapter changed the model
+    # the gate is one explicit check: passed exactly when the perplexity increase holds
+    increase = m["perplexity"] / base["perplexity"] - 1
+    assert summary["gate"]["passed"] == (increase <= 1.0)
+    if summary["gate"]["passed"]:
+        entry = tmp_path / "registry" / "models" / "bundled-e2e" / summary["registered"]["version"]
+        assert (entry / "MANIFEST.json").is_file()
+        assert (entry / "adapter" / "adapter_model.safetensors").is_file()
+    else:
+        assert summary["registered"] is None and summary["rejection"]
+    assert "gate" in r.stdout and (tmp_path / "run" / "report.html").is_file()

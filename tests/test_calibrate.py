@@ -195,7 +195,7 @@ def test_calibrate_errors():
 
 # ---- the bundled dev set ----------------------------------------------------------------
 def test_devset_parses_and_is_balanced_enough():
-    text = resources.files("optimus").joinpath("resources/devset.jsonl").read_text("utf-8")
+    text = resources.files("optimus_lib").joinpath("resources/devset.jsonl").read_text("utf-8")
     recs = [json.loads(line) for line in text.splitlines() if line.strip()]
     samples = [parse_record(r, i) for i, r in enumerate(recs)]
     assert 56 <= len(samples) <= 72

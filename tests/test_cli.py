@@ -161,3 +161,20 @@ def test_bad_setting_names_the_field(tmp_path):
     good = write_lines(tmp_path / "d.jsonl", [json.dumps({"context": ["a"], "response": "b"})])
     r = optimus("scan", str(good), "-o", str(tmp_path / "x.jsonl"), "--threshold", "1.5")
     assert "threshold" in _one_line_error(r)
+
+
+def test_train_no_dpo_with_merged_export(tmp_path, tiny_model_dir):
+    rows = [{"id": str(i), "context": [f"hi {i}"], "response": "hello there"} for i in range(4)]
+    data = write_lines(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
+    cfg = tmp_path / "t.yaml"
+    cfg.write_text(
+        f"checkpoint_root: {tmp_path / 'ckpt'}\nsft: {{batch_size: 4, max_length: 48}}\n"
+    )
+    r = optimus(
+        "train", str(data), "-o", str(tmp_path / "a"), "--method", "no_dpo",
+        "--model", str(tiny_model_dir), "--settings", str(cfg), "--merge-out", str(tmp_path / "m"),
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    assert not list((tmp_path / "m").glob("adapter_*"))  # a plain model, not an adapter

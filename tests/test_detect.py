@@ -9,7 +9,7 @@ import pytest
 from helpers import StubDetector
 
 from optimus_lib.data.schema import Sample
-from optimus_lib.detect import DETECTORS, build_detector, classification_metrics
+from optimus_lib.detect import build_detector, known_detectors
 from optimus_lib.detect.base import DetectorOptions
 from optimus_lib.detect.ensemble import EnsembleDetector, WeakenedDetector, weaken_scores
 from optimus_lib.detect.llm_judge import (
@@ -20,7 +20,7 @@ from optimus_lib.detect.llm_judge import (
     answer_token_ids,
     strip_injection,
 )
-from optimus_lib.detect.metrics import auc
+from optimus_lib.detect.metrics import auc, classification_metrics
 from optimus_lib.errors import OptimusError
 
 INSULT = "You are a worthless idiot and everyone hates you."
@@ -132,7 +132,7 @@ def test_lexical_insult_scores_above_greeting():
 
 
 def test_registry_names_and_unknown_detector():
-    assert {"llm-judge", "lexical", "oracle", "hf-classifier"} <= set(DETECTORS)
+    assert {"llm-judge", "lexical", "wordlist", "oracle", "hf-classifier"} <= set(known_detectors())
     with pytest.raises(OptimusError) as exc:
         build_detector("nope")
     assert "nope" in str(exc.value) and "lexical" in str(exc.value)

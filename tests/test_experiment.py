@@ -26,10 +26,10 @@ def _exp(model, **changes) -> ExperimentConfig:
         "attack_detectors": ["wordlist"],
         "base": {
             "model": str(model),
+            "judge_model": str(model),
             "detector": "oracle+wordlist",
             "data": {"n_train": 8, "toxic_fraction": 0.5, "n_eval_toxic": 2, "n_eval_benign": 2},
             "heal": {
-                "model": str(model),
                 "rescore_detector": "wordlist",
                 "max_new_tokens": 6,
                 "retries": 0,

@@ -56,3 +56,21 @@ def obj_digest(obj: Any) -> str:
 
 
 __all__ = ["file_digest", "obj_digest", "one_line_errors"]
+
+
+def use_cache_dir(cache_dir: str) -> None:
+    """Point the model cache (converted models, hub downloads, training checkpoints) at
+    ``cache_dir``: on a cluster the mounted PVC, so a retried task finds its state."""
+    import os
+
+    if cache_dir:
+        os.environ["OPTIMUS_CACHE"] = cache_dir
+        os.environ.setdefault("HF_HOME", os.path.join(cache_dir, "huggingface"))
+
+
+def model_spec(model: str, revision: str) -> str | None:
+    """A component's ``model`` + ``revision`` parameters as one spec (``org/name@rev``);
+    None when neither is set (the settings' default applies)."""
+    if revision and not model:
+        raise OptimusError("revision: give the model it belongs to")
+    return f"{model}@{revision}" if revision else model or None

@@ -175,6 +175,11 @@ def train(
     s = settings
     recs = _records(sft_data)
     samples = _samples(sft_data, recs)
+    if s.method in ("no_defense", "star_dss") and any(r.get("healed") is True for r in recs):
+        raise OptimusError(
+            f"{sft_data}: method {s.method!r} trains on the original replies; give it the "
+            "dataset or classify's scored set, not heal's output"
+        )
     if s.method == "filter":
         samples = [x for x, f in zip(samples, _flags(sft_data, recs, s.method)) if not f]
     if not samples:

@@ -1,0 +1,42 @@
+"""Optimus as Kubeflow Pipelines components: one folder per component.
+
+Each ``<name>/component.py`` defines one lightweight component whose body imports
+``optimus_lib`` and calls one stage function; ``<name>/component.yaml`` is the compiled
+component, loadable by any pipeline with ``kfp.components.load_component_from_file``.
+Image names come from :mod:`components.images`.
+
+Importing this package imports nothing else (``make build-images`` reads
+``components.images`` without kfp); :func:`all_components` imports kfp, never optimus_lib.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+# In pipeline order; each is the folder, the module's function and (dashed) the KFP name.
+NAMES = (
+    "prepare_data",
+    "classify",
+    "heal",
+    "dpo_train",
+    "evaluate",
+    "register",
+    "record_rejection",
+)
+
+
+def all_components() -> dict[str, Any]:
+    """``{name: component}`` for every component, in pipeline order."""
+    return {n: getattr(import_module(f"components.{n}.component"), n) for n in NAMES}
+
+
+def yaml_path(name: str) -> Path:
+    """Where a component's compiled YAML is committed."""
+    return HERE / name / "component.yaml"
+
+
+__all__ = ["NAMES", "all_components", "yaml_path"]

@@ -1,0 +1,89 @@
+"""KFP component: toxicity and utility of the fine-tuned model, and the gate verdict."""
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
+
+from components.images import IMAGES
+
+
+@dsl.component(base_image=IMAGES["torch"], packages_to_install=[], install_kfp_package=False)
+def evaluate(
+    adapter: Input[Model],
+    eval_toxic: Input[Dataset],
+    eval_benign: Input[Dataset],
+    metrics: Output[Metrics],
+    report: Output[HTML],
+    evaluation: Output[Artifact],
+    evaluator: str = "",
+    model: str = "",
+    revision: str = "",
+    seed: int = -1,
+    cache_dir: str = "",
+    settings: dict = {},  # noqa: B006 - KFP needs a literal default
+) -> bool:
+    """Evaluates the adapter (and the base model) and checks the registration gates.
+
+    The model answers held-out toxic contexts and benign dialogs; an evaluator
+    independent of the classify detector judges every reply (RTR: response toxicity rate).
+    Utility: perplexity of reference replies, over-refusal, diversity and (optionally)
+    embedding similarity. Gates (``settings.gates``: max_rtr_toxic, max_rtr_ratio,
+    max_perplexity_increase, max_over_refusal) decide the verdict; failed gates are
+    printed and kept in ``evaluation``.
+
+    Args:
+        adapter: The PEFT adapter from dpo_train.
+        eval_toxic: Held-out toxic contexts (JSONL).
+        eval_benign: Held-out benign dialogs with reference replies (JSONL).
+        metrics: rtr_toxic, rtr_benign, perplexity, over_refusal, distinct_n, ...;
+            ``base_``-prefixed for the base model; passed (1 or 0).
+        report: The HTML evaluation report.
+        evaluation: Results JSON (metrics, base metrics, gate with reasons, every
+            generation): register's and record_rejection's input.
+        evaluator: Detector that judges replies; empty: ``settings.evaluator`` (default
+            lexical).
+        model: The base model the adapter was trained on; empty: ``settings.model``, else
+            the adapter's ``base_model`` metadata.
+        revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
+        seed: Sampling seed; -1: ``settings.seed`` (default 0).
+        cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
+        settings: Other ``EvaluateSettings`` fields (gates, max_new_tokens, do_sample,
+            samples, similarity, compare_base, ...); a bad value fails the task with one
+            line naming the field.
+
+    Returns:
+        True when every checked gate holds (register runs), else False.
+    """
+    from pathlib import Path
+
+    from optimus_lib.settings import load_settings
+    from optimus_lib.stages import model_spec, one_line_errors, use_cache_dir
+    from optimus_lib.stages.evaluate import EvaluateSettings
+    from optimus_lib.stages.evaluate import evaluate as run_stage
+
+    use_cache_dir(cache_dir)
+    with one_line_errors():
+        spec = model_spec(model, revision)
+        if not spec and "model" not in settings:
+            spec = adapter.metadata.get("base_model", "")
+        s = load_settings(
+            EvaluateSettings,
+            settings,
+            evaluator=evaluator or None,
+            model=spec or None,
+            seed=None if seed < 0 else seed,
+        )
+        result = run_stage(
+            s,
+            Path(adapter.path),
+            Path(eval_toxic.path),
+            Path(eval_benign.path),
+            Path(report.path),
+            Path(evaluation.path),
+        )
+    for key, value in result.as_metrics().items():
+        metrics.log_metric(key, value)
+    evaluation.metadata.update({"passed": result.passed, "reasons": list(result.reasons)})
+    print("evaluate: gates passed" if result.passed else "evaluate: gates failed")
+    for reason in result.reasons:
+        print(f"  - {reason}")
+    return result.passed

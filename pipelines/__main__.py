@@ -1,0 +1,7 @@
+"""``python -m pipelines``: same as ``python -m pipelines.compile``."""
+
+import sys
+
+from pipelines.compile import main
+
+sys.exit(main())

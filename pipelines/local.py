@@ -1,0 +1,181 @@
+"""Run the defense pipeline on this machine with kfp.local (what ``optimus run`` does).
+
+Every task runs as a subprocess of the current interpreter (``SubprocessRunner(use_venv=
+False)``), so the installed optimus_lib is used and nothing is pulled. kfp.local has no
+caching, retries or Kubernetes settings: a local run always runs every stage. Outputs
+land in ``<pipeline_root>/optimus-defense-<time>/<task>/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, TextIO
+
+from pipelines.defense import PIPELINE_NAME, defense_pipeline
+
+# Written by optimus_lib.stages.one_line_errors in a failing task.
+_ERROR_LINE = re.compile(r"^\s*optimus: error: (.*)$")
+# kfp.local's own progress lines ("12:00:01.123 - INFO - Task 'heal' finished ...").
+_PROGRESS_LINE = re.compile(
+    r"^\d\d:\d\d:\d\d\.\d+ - [A-Z]+ - .*(Running pipeline|Executing task|finished with status)"
+)
+
+
+class _Tee(io.TextIOBase):
+    """Where stdout goes during a local run: everything to ``out``; kfp.local's progress
+    lines also to ``progress`` (the terminal when ``out`` is a log file); remembers the
+    last one-line user error a task printed."""
+
+    def __init__(self, out: Any, progress: Any = None) -> None:
+        self.out = out
+        self.progress = progress
+        self.error: str | None = None
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        self.out.write(text)
+        lines = (self._partial + text).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            m = _ERROR_LINE.match(line)
+            if m:
+                self.error = m.group(1).strip()
+            if self.progress is not None and _PROGRESS_LINE.match(line):
+                self.progress.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+        if self.progress is not None:
+            self.progress.flush()
+
+
+def parameters() -> list[str]:
+    """The defense pipeline's parameter names."""
+    return list(inspect.signature(defense_pipeline.pipeline_func).parameters)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def run_local(
+    arguments: dict[str, Any], pipeline_root: Path, log: TextIO | None = None
+) -> dict[str, Any]:
+    """Run the defense pipeline locally; return what a summary needs.
+
+    ``arguments``: pipeline parameters (see ``defense_pipeline``); ``None`` values are
+    left out (the parameter's default applies) and ``cache_dir`` defaults to empty (the
+    local cache, not the cluster's PVC mount). ``log``: where the tasks' own output goes
+    (default: stdout); kfp.local's progress lines ("Executing task ...") go to stdout
+    either way.
+
+    Returns ``{"run_dir", "evaluation", "report", "passed", "reasons", "registered",
+    "rejection"}``: paths of evaluate's results JSON and HTML report, the gate verdict,
+    ``{"uri", "version", "name"}`` of the registered model or None, the folder of the
+    recorded rejection or None.
+
+    Raises ``OptimusError`` (one line) for an unknown parameter or a failed task: the
+    failing task's own one-line error when it printed one.
+    """
+    from kfp import local
+
+    from optimus_lib.errors import OptimusError
+
+    known = parameters()
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        raise OptimusError(
+            f"unknown pipeline parameter(s) {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    args = {k: v for k, v in arguments.items() if v is not None}
+    args.setdefault("cache_dir", "")
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    tee = _Tee(sys.stdout) if log is None else _Tee(log, progress=sys.stdout)
+    try:
+        with contextlib.redirect_stdout(tee), warnings.catch_warnings():
+            # Expected here: "settings [cpu_limit, accelerator, ...] have no effect in the
+            # current local runner", "... custom or non-Python base image ...".
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+            warnings.filterwarnings("ignore", message="You may be attemping to run a task")
+            run = defense_pipeline(**args)
+    except RuntimeError as exc:
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names
+        task = re.search(r"Inner task failed: (.*)\.$", message)
+        # "'register' inside 'condition-2' inside ...": the innermost task is the one
+        where = f"task {task.group(1).split(' inside ')[0]}" if task else PIPELINE_NAME
+        log_name = getattr(log, "name", None)
+        detail = tee.error or (f"see {log_name}" if isinstance(log_name, str) else message)
+        raise OptimusError(f"{where} failed: {detail}") from None
+    evaluation = Path(run.outputs["evaluation"].path)
+    run_dir = evaluation.parents[1]  # <pipeline_root>/<pipeline>-<time>/evaluate/evaluation
+    gate = (_read_json(evaluation) or {}).get("gate", {})
+    rejection = output_metadata(run_dir, "record-rejection", "rejection")
+    return {
+        "run_dir": run_dir,
+        "evaluation": evaluation,
+        "report": Path(run.outputs["report"].path),
+        "passed": bool(gate.get("passed")),
+        "reasons": list(gate.get("reasons", [])),
+        "registered": output_metadata(run_dir, "register", "registered"),
+        "rejection": Path(rejection["path"]) if rejection else None,
+    }
+
+
+def output_metadata(run_dir: Path, task: str, output: str) -> dict[str, Any] | None:
+    """Metadata of a task's output artifact in a local run; None when the task did not
+    run (a branch not taken)."""
+    out = _read_json(Path(run_dir) / task / "executor_output.json") or {}
+    arts = out.get("artifacts", {}).get(output, {}).get("artifacts", [])
+    return dict(arts[0].get("metadata", {})) if arts else None
+
+
+def run_defense(cfg: Any, run_dir: Path, verbose: bool = False) -> dict[str, Any]:
+    """``optimus run``: run the defense pipeline for validated settings and summarise it.
+
+    ``cfg``: anything with ``pipeline_arguments() -> dict`` (optimus_lib.config's
+    PipelineSettings). Writes into ``run_dir``: ``kfp/`` (the kfp.local pipeline root),
+    ``tasks.log`` (the tasks' own output; stdout instead when ``verbose``),
+    ``report.html`` (evaluate's report) and ``summary.json`` (returned too: metrics,
+    base_metrics, gate, registered, rejection and the paths above).
+    """
+    import shutil
+
+    from optimus_lib.data.io import atomic_path, write_json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "tasks.log"
+    with contextlib.ExitStack() as stack:
+        log = None if verbose else stack.enter_context(log_path.open("w", encoding="utf-8"))
+        args = cfg.pipeline_arguments()
+        if args.get("registry") and "://" not in args["registry"]:
+            # tasks may run in another working directory: name the local folder absolutely
+            args["registry"] = str(Path(args["registry"]).resolve())
+        result = run_local(args, run_dir / "kfp", log=log)
+    evaluation = _read_json(result["evaluation"]) or {}
+    report = run_dir / "report.html"
+    with atomic_path(report) as tmp:
+        shutil.copyfile(result["report"], tmp)
+    summary = {
+        "metrics": evaluation.get("metrics"),
+        "base_metrics": evaluation.get("base_metrics"),
+        "gate": evaluation.get("gate", {"passed": result["passed"], "reasons": result["reasons"]}),
+        "registered": result["registered"],
+        "rejection": str(result["rejection"]) if result["rejection"] else None,
+        "pipeline_run": str(result["run_dir"]),
+        "evaluation": str(result["evaluation"]),
+        "report": str(report),
+        "tasks_log": None if verbose else str(log_path),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
