@@ -11,6 +11,9 @@ RUFF ?= $(VENV)/bin/ruff
 # components/ and pipelines/ are installed (editable) with optimus_lib; the path also
 # serves a PYTHON outside .venv.
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# One cache for the converted bundled model and training checkpoints: the folder
+# setup.sh converts into and the tests use (override to share one across checkouts).
+export OPTIMUS_CACHE ?= $(CURDIR)/.cache/optimus
 
 .PHONY: help install quickstart test lint compile build-images push-images submit
 

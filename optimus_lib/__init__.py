@@ -1,7 +1,9 @@
 """Optimus: fine-tune a chat model on untrusted dialog data without learning its toxicity.
 
-The pipeline (scan -> heal -> train -> evaluate -> report) lives in one sub-package per
-stage; ``data``, ``models`` and ``config`` sit below the stages and import nothing from them.
+The algorithm library behind the KFP components. ``stages`` holds one function per
+pipeline stage (the only implementation of each); below it, imports point down only:
+``threats`` -> ``detect``, ``heal``, ``train``, ``evaluate``, ``report`` -> ``models`` ->
+``data`` -> ``settings``/``errors``. Nothing here imports kfp.
 """
 
 __version__ = "0.1.0"

@@ -291,3 +291,24 @@ def test_embedding_similarity_with_the_packaged_minilm():
     same = embedding_similarity(["I like dogs"], ["I like dogs"])
     diff = embedding_similarity(["I like dogs"], ["The invoice is overdue"])
     assert same == pytest.approx(1.0, abs=1e-4) and diff < same
+
+
+def test_atomic_writes_have_ordinary_file_modes(tmp_path):
+    import os
+    import stat
+
+    from optimus_lib.data.io import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "x.json").stat().st_mode) == 0o666 & ~mask
+    assert not list(tmp_path.glob(".x.json.*"))  # no temp file left behind
+
+
+def test_hub_models_must_be_pinned():
+    from optimus_lib.models.specs import resolve_model
+
+    with pytest.raises(OptimusError, match="pinned to a revision"):
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert resolve_model("org/name@0123abc") == ("org/name", "0123abc")

@@ -65,15 +65,26 @@ def read_samples(path: str | Path) -> list[Sample]:
     return samples
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it over ``path`` only on success."""
+    """Yield a temp path beside ``path``; rename it over ``path`` only on success.
+
+    The file gets the mode a plain ``open()`` would give it (0644 under the usual umask),
+    not mkstemp's private 0600: outputs are read by other users and containers.
+    """
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, dest)
     finally:
         if os.path.exists(tmp):
