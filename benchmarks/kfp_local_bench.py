@@ -12,7 +12,6 @@ Three figures, each the median of ``--repeats`` runs on this machine:
     .venv/bin/python benchmarks/kfp_local_bench.py [--tasks 8] [--repeats 3]
 """
 
-from __future__ import annotations
 
 import argparse
 import statistics
@@ -33,11 +32,10 @@ def step(x: int) -> int:
 
 def chain(n: int):
     @dsl.pipeline(name="overhead")
-    def pipeline(x: int = 0) -> int:
+    def pipeline(x: int = 0):
         t = step(x=x)
         for _ in range(n - 1):
             t = step(x=t.output)
-        return t.output
 
     return pipeline
 
