@@ -312,3 +312,16 @@ def test_hub_models_must_be_pinned():
     with pytest.raises(OptimusError, match="pinned to a revision"):
         resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
     assert resolve_model("org/name@0123abc") == ("org/name", "0123abc")
+
+
+def test_prepare_data_takes_the_users_evaluation_sets(tmp_path):
+    tox = tmp_path / "tox.jsonl"
+    tox.write_text(
+        "".join(json.dumps({"context": [f"you {i}"], "response": ""}) + "\n" for i in range(3))
+    )
+    ben = tmp_path / "ben.jsonl"
+    ben.write_text(json.dumps({"context": ["hi"], "response": "hello"}) + "\n")
+    s = D.DataSettings(n_train=8, eval_toxic_uri=str(tox), eval_benign_uri=str(ben), n_eval_toxic=2)
+    res = D.prepare_data(s, tmp_path / "t.jsonl", tmp_path / "a.jsonl", tmp_path / "b.jsonl")
+    assert (res.n_eval_toxic, res.n_eval_benign) == (2, 1)
+    assert [r["context"] for r in _rows(tmp_path / "a.jsonl")] == [["you 0"], ["you 1"]]

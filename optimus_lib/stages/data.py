@@ -148,7 +148,11 @@ def prepare_data(
     # Benign test dialogs come from chit-chat conversations the training set did not use.
     used = [re.match(r"chitchat-(\d+)-", s.id) for s in train]
     skip = 1 + max((int(m.group(1)) for m in used if m), default=-1)
-    tox, ben = build_eval_sets(d.n_eval_toxic, d.n_eval_benign, d.seed, skip, d.max_context_turns)
+    tox, ben = [], []
+    if not (d.eval_toxic_uri and d.eval_benign_uri):  # else both are the user's own
+        tox, ben = build_eval_sets(
+            d.n_eval_toxic, d.n_eval_benign, d.seed, skip, d.max_context_turns
+        )
     if d.eval_toxic_uri:
         tox = _load(d.eval_toxic_uri, Path(eval_toxic_out).with_suffix(".download"))
         tox = tox[: d.n_eval_toxic]
