@@ -91,6 +91,17 @@ def test_classify_reuses_scores_and_weakens_recall(bench, tmp_path):
     assert weak.quality["recall"] * n_toxic <= math.ceil(0.25 * n_toxic)  # top ceil(r n) kept
     base = {r["id"]: r["flagged"] for r in _rows(d / "scored.jsonl")}
     assert all(base[r["id"]] or not r["flagged"] for r in _rows(tmp_path / "weak.jsonl"))
+    # label-free calibration works on reused scores too; labelled calibration needs the scan
+    gmm = C.classify(
+        C.ClassifySettings(reuse_scores=True, calibrate="gmm"), d / "scored.jsonl", tmp_path / "g"
+    )
+    assert gmm.calibration["method"] == "gmm" and 0.0 <= gmm.threshold <= 1.0
+    with pytest.raises(OptimusError, match="reuse_scores"):
+        C.classify(
+            C.ClassifySettings(reuse_scores=True, calibrate="f1"),
+            d / "scored.jsonl",
+            tmp_path / "f",
+        )
 
 
 def test_heal_contextual_writes_sft_set_and_preferences(bench, tiny_model_dir, tmp_path):

@@ -263,5 +263,6 @@ def calibrate_detector(
         samples = read_samples(devset_path() if data == "devset" else data)
         cal = calibrate(detector.score(samples), [s.label for s in samples], method, target_fpr)
         cal.details["data"] = data
-    detector.threshold = cal.threshold
+    if detector is not None:  # None: scores reused from an earlier scan (gmm only)
+        detector.threshold = cal.threshold
     return cal
