@@ -201,6 +201,11 @@ def test_second_registration_of_a_version_fails_and_keeps_the_first(registry, in
     with pytest.raises(OptimusError, match="version 'v1' is already registered"):
         R.register(settings(registry, "v1"), other, ev, {})
     assert reg.manifest("chat", "v1") == before
+    # the backend itself refuses an overwrite (the GCS stand-in answers 412)
+    from optimus_lib.registry.base import Exists
+
+    with pytest.raises(Exists):
+        reg._create("models/chat/v1/metrics.json", b"{}")
     reg.pull("chat", "v1", tmp_path / "out")  # checks every digest against the manifest
     assert sha(tmp_path / "out" / "adapter" / "adapter_model.safetensors") == sha(
         adapter / "adapter_model.safetensors"
@@ -236,7 +241,8 @@ def test_racing_registrations_of_one_version_exactly_one_wins(registry, tmp_path
     wins = [r for r in results if isinstance(r, R.RegisterResult)]
     losses = [r for r in results if isinstance(r, OptimusError)]
     assert len(wins) == 1 and len(losses) == 1, results
-    assert "already registered" in str(losses[0])
+    # the loser saw the version claimed (finished by then, or still being written)
+    assert "version 'v7' is already" in str(losses[0])
     reg = open_registry(registry)
     winner = "A" if results[0] is wins[0] else "B"
     reg.pull("chat", "v7", tmp_path / "out")
@@ -279,7 +285,9 @@ def test_a_crash_between_objects_leaves_no_visible_version(registry, inputs, mon
     assert R.list_versions(registry, "chat") == [] and reg.manifest("chat", "v1") is None
     (burnt,) = reg.versions("chat", include_incomplete=True)
     assert burnt.version == "v1" and not burnt.complete
-    with pytest.raises(OptimusError, match="did not finish"):
+    with pytest.raises(
+        OptimusError, match="already claimed by a registration that has not finished"
+    ):
         R.register(settings(registry, "v1"), adapter, ev, {})
     with pytest.raises(OptimusError, match="no such registered version"):
         reg.pull("chat", "v1", Path("unused"))

@@ -160,9 +160,9 @@ class ModelRegistry:
             info = {v.version: v for v in self.versions(name, include_incomplete=True)}
             if version in info and not info[version].complete:
                 raise OptimusError(
-                    f"{self.uri_of(f'models/{name}/{version}')}: version {version!r} was "
-                    "claimed by a registration that did not finish; it stays burnt "
-                    "(versions are immutable): register a new version"
+                    f"{self.uri_of(f'models/{name}/{version}')}: version {version!r} is "
+                    "already claimed by a registration that has not finished (still running, "
+                    "or crashed: then it stays burnt; versions are immutable)"
                 )
             raise OptimusError(
                 f"{self.uri_of(f'models/{name}/{version}')}: version {version!r} is already "
