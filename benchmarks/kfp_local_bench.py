@@ -12,7 +12,6 @@ Three figures, each the median of ``--repeats`` runs on this machine:
     .venv/bin/python benchmarks/kfp_local_bench.py [--tasks 8] [--repeats 3]
 """
 
-
 import argparse
 import statistics
 import subprocess

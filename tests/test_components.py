@@ -25,6 +25,7 @@ from kfp.dsl import Artifact, Dataset  # noqa: E402
 
 from components.classify.component import classify  # noqa: E402
 from components.prepare_data.component import prepare_data  # noqa: E402
+from components.record_rejection.component import record_rejection  # noqa: E402
 from components.register.component import register  # noqa: E402
 
 DIALOGS = [
@@ -94,7 +95,43 @@ def register_check(adapter_uri: str, evaluation_uri: str, registry: str, version
     )
 
 
+@dsl.pipeline(name="bucket-check")
+def bucket_check(adapter_uri: str, passed_uri: str, failed_uri: str, registry: str):
+    adapter = dsl.importer(artifact_uri=adapter_uri, artifact_class=dsl.Model, reimport=True)
+    passed = dsl.importer(artifact_uri=passed_uri, artifact_class=Artifact, reimport=True)
+    failed = dsl.importer(artifact_uri=failed_uri, artifact_class=Artifact, reimport=True)
+    register(adapter=adapter.output, evaluation=passed.output, registry=registry, name="b")
+    record_rejection(evaluation=failed.output, registry=registry, name="b")
+
+
 # ---- single components ------------------------------------------------------------------
+def test_register_and_record_rejection_on_a_bucket(kfp_local, tmp_path, gcs_bucket):
+    """The components against gs:// (the fake-gcs-server stand-in; each task is a
+    subprocess that inherits STORAGE_EMULATOR_HOST)."""
+    from optimus_lib.registry import open_registry
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"w" * 256)
+    ev = {"metrics": {"rtr_toxic": 0.0}, "gate": {"passed": True, "reasons": []}}
+    (tmp_path / "passed.json").write_text(json.dumps(ev))
+    bad = {**ev, "gate": {"passed": False, "reasons": ["rtr_toxic = 1 > 0.5"]}}
+    (tmp_path / "failed.json").write_text(json.dumps(bad))
+    uri = f"gs://{gcs_bucket()}/reg"
+    bucket_check(adapter_uri=str(adapter), passed_uri=str(tmp_path / "passed.json"),
+                 failed_uri=str(tmp_path / "failed.json"), registry=uri)  # fmt: skip
+    (run_dir,) = kfp_local.glob("bucket-check-*")
+    (entry,) = executor_output(run_dir, "register")["artifacts"]["registered"]["artifacts"]
+    assert entry["metadata"]["uri"] == f"{uri}/models/b/v1"
+    (rej,) = executor_output(run_dir, "record-rejection")["artifacts"]["rejection"]["artifacts"]
+    assert rej["metadata"]["uri"].startswith(f"{uri}/rejected/b/")
+    assert rej["metadata"]["reasons"] == ["rtr_toxic = 1 > 0.5"]
+    reg = open_registry(uri)
+    assert [v.version for v in reg.versions("b")] == ["v1"] and reg.aliases("b") == {"latest": "v1"}
+    lineage = json.loads(reg.read_file("b", "v1", "lineage.json"))
+    assert lineage["inputs"]["adapter"] == str(adapter) and lineage["pipeline_run"]["id"]
+
+
 def test_classify_keeps_every_row_in_order(kfp_local, tmp_path):
     src = write_dialogs(tmp_path / "dialogs.jsonl")
     run = classify_check(uri=str(src))

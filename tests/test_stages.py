@@ -265,7 +265,8 @@ def test_evaluate_and_register(bench, healed, tiny_model_dir, tmp_path):
     with pytest.raises(OptimusError, match="did not pass"):
         R.register(reg, adapter, tmp_path / "bad.json", {})
     rej = R.record_rejection(reg, tmp_path / "bad.json", {"run": "x"})
-    assert json.loads((rej / "rejection.json").read_text())["gate"]["passed"] is False
+    assert json.loads((rej.path / "rejection.json").read_text())["gate"]["passed"] is False
+    assert rej.record["gate"]["passed"] is False and rej.uri == rej.path.resolve().as_uri()
     assert R.list_versions(str(tmp_path / "reg"), "m") == ["v1", "v2"]
 
 

@@ -25,8 +25,10 @@ def record_rejection(
 
     Args:
         evaluation: Evaluate's results JSON.
-        rejection: A copy of the rejection record; metadata ``path`` and ``reasons``.
-        registry: Registry location (a local folder or ``file://`` URI); empty:
+        rejection: A copy of the rejection record; metadata ``uri``, ``path`` (the local
+            folder, or the URI on a remote registry) and ``reasons``.
+        registry: Registry location: a local folder, ``file://`` URI or
+            ``gs://bucket/prefix`` (application default credentials); empty:
             ``settings.uri`` (default runs/registry).
         name: Model name the rejection is filed under; empty: ``settings.name``.
         settings: ``RegisterSettings`` fields; a bad value fails the task with one line
@@ -36,7 +38,6 @@ def record_rejection(
         task_id: This task's id (filled in by KFP; lineage).
     """
     import json
-    import shutil
     from pathlib import Path
 
     from optimus_lib.settings import load_settings
@@ -50,10 +51,11 @@ def record_rejection(
     }
     with one_line_errors():
         s = load_settings(RegisterSettings, settings, uri=registry or None, name=name or None)
-        path = run_stage(s, Path(evaluation.path), lineage)
-    record = path / "rejection.json"
-    shutil.copyfile(record, rejection.path)
-    reasons = json.loads(record.read_text(encoding="utf-8"))["gate"]["reasons"]
-    rejection.metadata.update({"path": str(path), "reasons": reasons})
+        result = run_stage(s, Path(evaluation.path), lineage)
+    text = json.dumps(result.record, indent=2, sort_keys=True) + "\n"
+    Path(rejection.path).write_text(text, encoding="utf-8")
+    reasons = result.record["gate"].get("reasons") or []
+    where = str(result.path) if result.path else result.uri
+    rejection.metadata.update({"path": where, "uri": result.uri, "reasons": reasons})
     print(f"record_rejection: not registered ({'; '.join(reasons) or 'gates failed'})")
-    print(f"record_rejection: recorded in {path}")
+    print(f"record_rejection: recorded in {where}")

@@ -33,7 +33,8 @@ def register(
         evaluation: Evaluate's results JSON.
         registered: A JSON record of the entry; metadata ``uri``, ``version``, ``name``.
         model_card: The entry's Markdown model card.
-        registry: Registry location (a local folder or ``file://`` URI); empty:
+        registry: Registry location: a local folder, ``file://`` URI or
+            ``gs://bucket/prefix`` (application default credentials); empty:
             ``settings.uri`` (default runs/registry).
         name: Model name (letters, digits, '.', '_', '-'); empty: ``settings.name``
             (default optimus-chat).

@@ -1,27 +1,27 @@
 """Stage 5: an immutable, versioned model entry, only for a model that passed evaluate.
 
-Layout of an entry (local folder backend; GCS and Kubeflow Model Registry backends
-come with the registry issue)::
+The entry goes into a model registry (:mod:`optimus_lib.registry`) chosen by URI: a local
+folder (plain path or ``file://``) or ``gs://bucket/prefix``. Layout of an entry::
 
     <registry>/models/<name>/<version>/
+        .claim            created first, create-only: of two registrations one wins
         adapter/          the PEFT adapter (safetensors only)
         model_card.md     base model, method, detector quality, gates, metrics
         metrics.json      evaluate's metrics, base metrics and gate
         lineage.json      run id, input artifact URIs and digests, library version
         MANIFEST.json     written last: every file with its sha256
 
-A version folder is created with an exclusive ``mkdir``: registering an existing version
-fails and never overwrites. A version without ``MANIFEST.json`` is unfinished and is not
-listed. Rejected runs are recorded under ``<registry>/rejected/<name>/<time>-<id>/``.
+Every object is written create-only: registering an existing version fails with one line
+and never overwrites. A version without ``MANIFEST.json`` is unfinished and is not listed
+(it stays burnt). A new version moves the ``latest`` alias (compare-and-swap). Rejected
+runs are recorded under ``<registry>/rejected/<name>/<time>-<id>/rejection.json``. The
+component, the ``optimus models`` CLI and the tests all call these functions.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,65 +29,31 @@ from typing import Any
 from pydantic import Field
 
 from optimus_lib import __version__
-from optimus_lib.data.io import write_json
 from optimus_lib.errors import OptimusError
+from optimus_lib.registry import Conflict, ModelRegistry, check_name, open_registry
 from optimus_lib.settings import Strict
 from optimus_lib.stages import file_digest
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MANIFEST = "MANIFEST.json"
-
 
 class RegisterSettings(Strict):
-    uri: str = "runs/registry"  # the registry: a local folder (or file:// URI)
+    uri: str = "runs/registry"  # the registry: a local folder, file:// or gs://bucket/prefix
     name: str = Field("optimus-chat", description="model name: letters, digits, . _ -")
     version: str = ""  # empty: the next free v<N>
 
 
 @dataclass
 class RegisterResult:
-    uri: str
+    uri: str  # the version folder (file:// or gs://)
     version: str
-    path: Path
+    path: Path | None  # the version folder on a local registry; None otherwise
     card: str
 
 
-def _root(registry: str) -> Path:
-    if registry.startswith("gs://"):
-        raise OptimusError(
-            f"{registry}: the GCS registry backend is not built yet; use a local folder"
-        )
-    if "://" in registry and not registry.startswith("file://"):
-        raise OptimusError(f"{registry}: unsupported registry URI scheme (use a folder path)")
-    return Path(registry.removeprefix("file://")).expanduser()
-
-
-def _check_name(kind: str, value: str) -> str:
-    if not NAME.match(value) or value in (".", ".."):
-        raise OptimusError(f"{kind} {value!r}: use letters, digits, '.', '_' and '-' only")
-    return value
-
-
-def _claim_version(models: Path, version: str) -> tuple[str, Path]:
-    """Create the version folder exclusively; auto versions take the next free v<N>."""
-    models.mkdir(parents=True, exist_ok=True)
-    if version:
-        path = models / _check_name("version", version)
-        try:
-            path.mkdir()
-        except FileExistsError:
-            raise OptimusError(
-                f"{path}: version {version!r} is already registered (versions are immutable)"
-            ) from None
-        return version, path
-    taken = [int(p.name[1:]) for p in models.glob("v*") if p.name[1:].isdigit()]
-    n = max(taken, default=0) + 1
-    while True:  # a concurrent registration may take n first: try the next one
-        try:
-            (models / f"v{n}").mkdir()
-            return f"v{n}", models / f"v{n}"
-        except FileExistsError:
-            n += 1
+@dataclass
+class RejectionResult:
+    uri: str  # the rejection's folder (file:// or gs://)
+    path: Path | None  # that folder on a local registry; None otherwise
+    record: dict[str, Any]  # what rejection.json holds
 
 
 def _load_evaluation(path: Path) -> dict[str, Any]:
@@ -155,16 +121,18 @@ Review the evaluation report before promoting this version.
 def register(
     settings: RegisterSettings, adapter: Path, evaluation: Path, lineage: dict[str, Any]
 ) -> RegisterResult:
-    """Copy the adapter, card, metrics and lineage into a new immutable version."""
+    """Register the adapter, card, metrics and lineage as a new immutable version."""
     s = settings
-    models = _root(s.uri) / "models" / _check_name("name", s.name)  # settings first
+    reg = open_registry(s.uri)  # settings first: a bad URI or name fails before any reading
+    check_name("name", s.name)
+    if s.version:
+        check_name("version", s.version)
     adapter = Path(adapter)
-    if not any(adapter.glob("*.safetensors")):
+    if not adapter.is_dir() or not any(adapter.glob("*.safetensors")):
         raise OptimusError(f"{adapter}: no *.safetensors adapter weights to register")
     ev = _load_evaluation(evaluation)
-    if not ev["gate"]["passed"]:
+    if not ev["gate"].get("passed"):
         raise OptimusError(f"{evaluation}: the model did not pass evaluate's gates")
-    version, path = _claim_version(models, s.version)
     lineage = {
         **lineage,
         "optimus_lib_version": __version__,
@@ -172,40 +140,63 @@ def register(
         "evaluation_digest": file_digest(evaluation),
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    card = model_card(s.name, version, ev, lineage)
-    shutil.copytree(adapter, path / "adapter")
-    (path / "model_card.md").write_text(card, encoding="utf-8")
-    write_json(path / "metrics.json", {k: ev.get(k) for k in ("metrics", "base_metrics", "gate")})
-    write_json(path / "lineage.json", lineage)
-    files = sorted(p for p in path.rglob("*") if p.is_file())
-    write_json(path / MANIFEST, {str(p.relative_to(path)): file_digest(p) for p in files})
-    return RegisterResult(path.resolve().as_uri(), version, path, card)
+    cards: dict[str, str] = {}
+
+    def build(version: str) -> dict[str, Path | bytes]:
+        cards[version] = model_card(s.name, version, ev, lineage)
+        files: dict[str, Path | bytes] = {
+            f"adapter/{p.relative_to(adapter).as_posix()}": p
+            for p in sorted(adapter.rglob("*"))
+            if p.is_file()
+        }
+        metrics = {k: ev.get(k) for k in ("metrics", "base_metrics", "gate")}
+        files["model_card.md"] = cards[version].encode("utf-8")
+        files["metrics.json"] = _json_bytes(metrics)
+        files["lineage.json"] = _json_bytes(lineage)
+        return files
+
+    info = reg.register(s.name, s.version, build)
+    _move_latest(reg, s.name, info.version)
+    base = f"models/{s.name}/{info.version}"
+    return RegisterResult(info.uri, info.version, reg.local_path(base), cards[info.version])
 
 
-def record_rejection(settings: RegisterSettings, evaluation: Path, lineage: dict[str, Any]) -> Path:
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def _move_latest(reg: ModelRegistry, name: str, version: str) -> None:
+    """Point ``latest`` at ``version`` unless a newer registration already moved it past."""
+    for _ in range(20):
+        current, gen = reg.get_alias(name, "latest")
+        order = [v.version for v in reg.versions(name)]
+        if current in order and version in order and order.index(current) > order.index(version):
+            return
+        try:
+            reg.set_alias(name, "latest", version, expected=gen)
+            return
+        except Conflict:
+            continue  # another registration moved it: look again
+    raise OptimusError(f"{name}: could not move the 'latest' alias (too many concurrent moves)")
+
+
+def record_rejection(
+    settings: RegisterSettings, evaluation: Path, lineage: dict[str, Any]
+) -> RejectionResult:
     """Record a run that failed the gates (reasons, metrics, lineage) for reviewers."""
+    reg = open_registry(settings.uri)
+    check_name("name", settings.name)
     ev = _load_evaluation(evaluation)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = (
-        _root(settings.uri)
-        / "rejected"
-        / _check_name("name", settings.name)
-        / f"{stamp}-{uuid.uuid4().hex[:8]}"
-    )
-    write_json(
-        path / "rejection.json",
-        {
-            "gate": ev["gate"],
-            "metrics": ev["metrics"],
-            "base_metrics": ev.get("base_metrics"),
-            "lineage": {**lineage, "evaluation_digest": file_digest(evaluation)},
-        },
-    )
-    return path
+    record = {
+        "gate": ev["gate"],
+        "metrics": ev["metrics"],
+        "base_metrics": ev.get("base_metrics"),
+        "lineage": {**lineage, "evaluation_digest": file_digest(evaluation)},
+    }
+    base = reg.record_rejection(settings.name, record)
+    return RejectionResult(reg.uri_of(base), reg.local_path(base), record)
 
 
 def list_versions(registry: str, name: str) -> list[str]:
     """Finished versions of a model (those with a manifest), oldest first."""
-    models = _root(registry) / "models" / _check_name("name", name)
-    done = [p for p in models.glob("*") if (p / MANIFEST).is_file()]
-    return [p.name for p in sorted(done, key=lambda p: (p / MANIFEST).stat().st_mtime)]
+    return [v.version for v in open_registry(registry).versions(name)]
