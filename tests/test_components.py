@@ -259,6 +259,13 @@ def test_defense_pipeline_registers_when_gates_pass(passed_run, workdir, tiny_mo
     )
     assert lineage["inputs"]["adapter"] == str(run_dir / "dpo-train" / "adapter")
     assert lineage["detector"]["name"] == "wordlist"
+    # the digests in the lineage are the digests of the artifacts this run produced
+    from optimus_lib.stages import file_digest
+
+    assert lineage["adapter_digest"] == file_digest(run_dir / "dpo-train" / "adapter")
+    assert lineage["evaluation_digest"] == file_digest(run_dir / "evaluate" / "evaluation")
+    assert lineage["train"]["sft_data_sha256"] == file_digest(run_dir / "heal" / "sft_data")
+    assert lineage["train"]["preferences_sha256"] == file_digest(run_dir / "heal" / "preferences")
     assert Path(passed_run["report"]).read_text().lstrip().lower().startswith("<!doctype html")
 
     # classify kept every training record, in order, with a score and a flag.

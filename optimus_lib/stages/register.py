@@ -21,6 +21,7 @@ component, the ``optimus models`` CLI and the tests all call these functions.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,9 @@ def register(
         "adapter_digest": file_digest(adapter),
         "evaluation_digest": file_digest(evaluation),
         "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # set by the images (their build records them); empty where a run is not in one
+        "image": os.environ.get("OPTIMUS_IMAGE", ""),
+        "git_sha": os.environ.get("OPTIMUS_GIT_SHA", ""),
     }
     cards: dict[str, str] = {}
 

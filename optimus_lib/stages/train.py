@@ -196,6 +196,9 @@ def train(
         "method": s.method,
         "optimus_lib_version": __version__,
         "settings_digest": key,
+        # content digests of what was trained on, for the registry's lineage
+        "sft_data_sha256": inputs[0],
+        **({"preferences_sha256": inputs[1]} if inputs[1] else {}),
     }
     if s.method == "star_dss":
         adapter = _train_star_dss(s, sft_data, recs, samples, root, tok)
