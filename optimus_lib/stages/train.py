@@ -28,8 +28,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from optimus_lib import __version__
-from optimus_lib.data.io import read_jsonl
-from optimus_lib.data.schema import parse_record
+from optimus_lib.data.io import read_jsonl, read_samples
 from optimus_lib.errors import OptimusError
 from optimus_lib.settings import BUNDLED_MODEL, Strict
 from optimus_lib.stages import file_digest, obj_digest
@@ -73,20 +72,6 @@ class TrainResult:
             "dpo_pairs": float(self.dpo_pairs),
             **self.metrics,
         }
-
-
-def _records(path: Path) -> list[dict]:
-    return read_jsonl(path)
-
-
-def _samples(path: Path, records: list[dict]):
-    out = []
-    for i, r in enumerate(records):
-        try:
-            out.append(parse_record(r, i))
-        except ValueError as exc:
-            raise OptimusError(f"{path}:{i + 1}: {exc}") from None
-    return out
 
 
 def _flags(path: Path, records: list[dict], method: str) -> list[bool]:
@@ -173,8 +158,8 @@ def train(
     from optimus_lib.train.trainers import build_sft_records, fit_preferences, train_dpo, train_sft
 
     s = settings
-    recs = _records(sft_data)
-    samples = _samples(sft_data, recs)
+    samples = read_samples(sft_data)  # file:line errors; each keeps its record
+    recs = [x.record for x in samples]
     if s.method in ("no_defense", "star_dss") and any(r.get("healed") is True for r in recs):
         raise OptimusError(
             f"{sft_data}: method {s.method!r} trains on the original replies; give it the "
