@@ -26,7 +26,15 @@ NAMES = (
     "evaluate",
     "register",
     "record_rejection",
+    # the experiment pipeline's own steps
+    "seed_bank",
+    "arm_inputs",
+    "compare_arms",
 )
+
+
+# Steps only the experiment pipeline uses.
+EXPERIMENT_ONLY = ("seed_bank", "arm_inputs", "compare_arms")
 
 
 def all_components() -> dict[str, Any]:
@@ -39,4 +47,4 @@ def yaml_path(name: str) -> Path:
     return HERE / name / "component.yaml"
 
 
-__all__ = ["NAMES", "all_components", "yaml_path"]
+__all__ = ["EXPERIMENT_ONLY", "NAMES", "all_components", "yaml_path"]

@@ -108,27 +108,44 @@ def experiment(
         Path,
         typer.Argument(
             help="Experiment YAML: base settings, methods, recalls, seeds "
-            "(see examples/benchmark.yaml)."
+            "(see examples/benchmark.yaml, examples/quickstart.yaml)."
         ),
     ],
     output: Annotated[
         Path | None,
         typer.Option("--output", "-o", help="Experiment folder. Default: runs/<name>."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Tasks' output to the terminal, not tasks.log.")
+    ] = False,
 ) -> None:
-    """Sweep methods x detector recall x seeds; writes results.csv/json and report.html.
+    """Run the experiment pipeline (methods x detector recall x seeds) under kfp.local.
 
-    Shares one scan and one healing pass per seed; rerunning resumes.
+    One scan and one heal per seed; every arm trains and is evaluated on the same data;
+    the comparison (results.json/csv, report.html) has bootstrap intervals and the paired
+    difference to no_defense. With ``promote`` in the file, that method is registered
+    only when it beats no_defense.
     """
-    from optimus_lib.experiment import load_experiment, print_summary, run_experiment, summarise
+    from optimus_lib.experiment import arm_table, load_experiment, print_summary
 
     exp = load_experiment(config)
     root = output or Path("runs") / exp.name
-    rows = run_experiment(exp, root, progress=not quiet)
-    summary = summarise(rows, exp.methods, sorted(set(exp.recalls), reverse=True))
-    _print_table(print_summary(summary), f"Optimus experiment ({root})")
-    out.print(f"-> {root / 'report.html'}, {root / 'results.csv'}")
+    local = importlib.import_module("pipelines.local")  # optimus_lib never imports kfp
+    summary = local.run_experiment(exp, root, verbose=verbose)
+    arms = list(summary["arms"].values())
+    if arms:
+        head = arms[0]
+        title = f"seed {head['seed']}, detector recall target {head['recall_target']:g}"
+        _print_table(arm_table(arms), f"Optimus experiment: {title}")
+    if len(exp.seeds) > 1 or len(exp.recalls) > 1:
+        _print_table(print_summary(summary["summary"]), "Mean over seeds")
+    promo = summary.get("promotion")
+    if promo:
+        verdict = "passed" if promo["passed"] else "failed: " + "; ".join(promo["reasons"])
+        out.print(f"promotion of {promo.get('method')} {verdict}")
+        reg = summary.get("registered")
+        out.print(f"registered {reg['uri']} ({reg['version']})" if reg else "nothing registered")
+    out.print(f"-> {root / 'summary.json'}, {root / 'report.html'}, {root / 'results.csv'}")
 
 
 @app.command()

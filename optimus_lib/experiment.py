@@ -1,55 +1,38 @@
-"""Experiment runner: methods x detector recall x seeds on the same data, side by side.
+"""The robustness experiment: methods x detector recall x seeds on the same data.
 
-``optimus experiment CONFIG.yaml`` reproduces the paper's robustness study at small
-scale, in process, on the stage functions of :mod:`optimus_lib.stages` (nothing else
-runs a stage). Expensive work is shared rather than repeated. Per seed ``S``, under the
-experiment folder:
+The paper's robustness table at small scale. ``pipelines/experiment.py`` runs it as a
+KFP pipeline (``optimus experiment CONFIG.yaml`` under kfp.local; ``make submit`` on a
+cluster): per seed, one prepare_data, one unweakened classify and one heal of everything
+it flags; per arm (seed, recall, method), :func:`optimus_lib.stages.arms.arm_inputs`
+re-thresholds the stored scores at the detector recall, reuses the seed's healed replies,
+then dpo_train and evaluate; :func:`compare` gathers every arm's evaluation into one
+table with bootstrap intervals and the paired difference to no_defense of the same seed.
+no_defense ignores the detector, so it runs once per seed and its row is repeated at
+every recall.
 
-* ``seedS/data/``: one ``prepare_data``;
-* ``seedS/base/``: one unweakened ``classify`` (``scored.jsonl``; its threshold T is used
-  by every cell) and one ``heal`` of everything it flags (``sft.jsonl``, ``prefs.jsonl``);
-* ``seedS/recallR/``, one cell per detector recall R: ``classify`` re-thresholds the base
-  scores at T and weakens them to R (no detector runs); ``heal`` takes every healed reply
-  from the base heal by content (nothing is generated again); ``fixed_heal`` gets a
-  fixed-reply heal (cheap); then each method is trained into ``adapters/<method>/`` and
-  evaluated into ``eval/<method>.json``;
-* ``no_defense`` ignores the detector, so it is trained and evaluated once per seed (in
-  the first recall's cell) and its row is repeated at each recall.
-
-Resume: a (seed, recall, method) is done when its ``eval/<method>.json`` exists; the base
-stages are skipped when their outputs exist; an interrupted training resumes from the
-train stage's checkpoint (keyed by its inputs and settings; ``base.train.checkpoint_root``,
-default ``<experiment>/checkpoints``). Because finished outputs are trusted as they are, a
-folder only resumes the settings it was made with: a rerun with other base settings is
-refused (methods, recalls, seeds and attacks may change). Results go to ``results.csv``,
-``results.json`` and ``report.html`` in the experiment folder after every cell.
+This module holds what the pipeline needs from the library: the validated sweep
+(:class:`ExperimentConfig`, which becomes the pipeline's parameters), the comparison and
+its statistics, the optional promotion verdict, and the adaptive-attack tables.
 """
 
 from __future__ import annotations
 
 import csv
-import gc
 import json
-import math
 import statistics
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from optimus_lib.config import RUN_NAME, PipelineSettings
 from optimus_lib.data.io import atomic_path, read_samples, write_json
 from optimus_lib.errors import OptimusError
 from optimus_lib.settings import Strict, load_yaml, one_line
-from optimus_lib.stages.classify import ClassifySettings, build_detector_for, classify
-from optimus_lib.stages.data import prepare_data
-from optimus_lib.stages.evaluate import EvaluateSettings, Gates, evaluate
-from optimus_lib.stages.heal import HealSettings, build_healer, heal
-from optimus_lib.stages.train import METHODS, train
+from optimus_lib.stages.classify import ClassifySettings, build_detector_for
+from optimus_lib.stages.evaluate import EvaluateSettings, Gates, verdict
+from optimus_lib.stages.heal import HealSettings, build_healer
+from optimus_lib.stages.train import METHODS
 
 METRIC_KEYS = (
     "rtr_toxic",
@@ -61,8 +44,6 @@ METRIC_KEYS = (
     "over_refusal",
     "distinct_2",
 )
-HEALED = ("no_dpo", "optimus")  # trained on the contextual heal's SFT set
-DATA_FILES = ("train", "eval_toxic", "eval_benign")
 
 
 def _unique(values: list, what: str) -> list:
@@ -70,6 +51,30 @@ def _unique(values: list, what: str) -> list:
     if twice:
         raise ValueError(f"{what} listed twice: {twice}")
     return values
+
+
+class Promotion(Strict):
+    """Register one method's adapter only when it beats no_defense on the same data.
+
+    Checked on the first seed at the first recall: ``gates`` relative to the control arm
+    (no_defense) instead of the base model (``max_rtr_ratio``: toxic RTR / no_defense's;
+    ``max_perplexity_increase`` and ``max_over_refusal_increase``: over no_defense's);
+    with ``require_effect`` the 95 % paired interval of the toxic-RTR difference must lie
+    below 0. The adapter then goes to ``base.registry``, as the defense pipeline's would.
+    """
+
+    method: str = "optimus"
+    gates: Gates = Gates(
+        max_rtr_ratio=0.5, max_perplexity_increase=0.1, max_over_refusal_increase=0.05
+    )
+    require_effect: bool = True
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in METHODS or v == "no_defense":
+            raise ValueError(f"one of {', '.join(m for m in METHODS if m != 'no_defense')}")
+        return v
 
 
 class ExperimentConfig(Strict):
@@ -86,10 +91,7 @@ class ExperimentConfig(Strict):
         default_factory=lambda: [1.0, 0.5, 0.15], min_length=1
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    attacks: bool = True
-    attack_detectors: list[str] = Field(
-        default_factory=lambda: ["wordlist", "lexical", "llm-judge"]
-    )
+    promote: Promotion | None = None
 
     @field_validator("name")
     @classmethod
@@ -121,21 +123,48 @@ class ExperimentConfig(Strict):
             raise ValueError("base.classify.target_recall: set by the experiment's 'recalls'")
         if b.classify.reuse_scores:
             raise ValueError("base.classify.reuse_scores: the experiment scans once, then reuses")
+        p = self.promote
+        if p is not None and not {"no_defense", p.method} <= set(self.methods):
+            raise ValueError(f"promote: needs methods no_defense and {p.method} (the control)")
         if b.heal.mode != "contextual":
             raise ValueError(
                 "base.heal.mode: keep 'contextual'; fixed-reply healing is the 'fixed_heal' method"
             )
         return self
 
-    # ---- each stage's settings for one seed -------------------------------------------
-    def stage(self, section: str, seed: int, root: Path) -> Any:
-        """``base``'s settings for one stage at ``seed``, as the experiment runs it."""
-        s = self.base.model_copy(update={"seed": seed}).stage(section)
-        if section == "train" and s.checkpoint_root is None:
-            return s.model_copy(update={"checkpoint_root": str(root / "checkpoints")})
-        if section == "evaluate":  # methods are compared side by side, not gated
-            return s.model_copy(update={"compare_base": False, "gates": Gates()})
-        return s
+    # ---- what the experiment pipeline receives -----------------------------------------
+    def arms(self) -> list[dict[str, Any]]:
+        """One ``{"seed", "recall", "method"}`` per arm, in run order: seed by seed,
+        recalls as given, methods as given; no_defense once per seed (first recall)."""
+        out = []
+        for seed in self.seeds:
+            for i, recall in enumerate(self.recalls):
+                for method in self.methods:
+                    if method != "no_defense" or i == 0:
+                        out.append({"seed": seed, "recall": recall, "method": method})
+        return out
+
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The experiment pipeline's parameters (``pipelines/experiment.py``)."""
+        args = self.base.pipeline_arguments()
+        for k in ("seed", "method", "model_version"):
+            args.pop(k)
+        # methods are compared side by side against no_defense, not gated on their own
+        args["evaluate_settings"] = {
+            **args["evaluate_settings"],
+            "compare_base": False,
+            "gates": {},
+        }
+        p = self.promote
+        args.update(
+            name=self.name,
+            seeds=list(self.seeds),
+            arms=self.arms(),
+            promote_method=p.method if p else "",
+            promote_gates=p.gates.model_dump(exclude_none=True) if p else {},
+            promote_require_effect=bool(p and p.require_effect),
+        )
+        return args
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
@@ -147,283 +176,141 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raise OptimusError(f"{path}: {one_line(exc)}") from None
 
 
-# ---- resume guard -------------------------------------------------------------------------
-def _result_settings(exp: ExperimentConfig) -> dict[str, Any]:
-    """Everything the stored outputs depend on (not what is swept or only names things)."""
-    skip = ("name", "seed", "method", "registry", "resources")
-    base = exp.base.model_dump(exclude={**dict.fromkeys(skip, True), "train": {"progress"}})
-    return {"base": base}
+# ---- the comparison ------------------------------------------------------------------------
+def _load_eval(path: Path) -> dict[str, Any]:
+    try:
+        ev = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise OptimusError(f"{path}: not an evaluation JSON ({exc})") from None
+    labels = ev.get("labels") or {}
+    if not {"seed", "recall_target", "method"} <= set(labels):
+        raise OptimusError(f"{path}: evaluation has no arm labels (seed, recall_target, method)")
+    return ev
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
+def compare(
+    evaluations: list[Path],
+    results_json: Path,
+    report_html: Path,
+    name: str = "experiment",
+    methods: list[str] | None = None,
+    promote: Promotion | None = None,
+) -> dict[str, Any]:
+    """One table from every arm's evaluation (evaluate's results JSON with arm labels).
+
+    Rows: one per arm; no_defense's row of a seed is repeated at every recall that seed
+    ran. Each row carries 95 % bootstrap intervals (over contexts) of toxic and benign
+    RTR and the paired interval of the toxic-RTR difference to no_defense of the same
+    seed; ``summary`` averages over seeds per (recall, method). With ``promote``, the
+    promoted method's arm on the first seed at the highest-listed recall is checked
+    against its control (no_defense, same seed): ``promotion`` holds the verdict and the
+    arm's evaluation path. Writes ``results_json`` and ``report_html``; returns the
+    results.
+    """
+    evs = {Path(p): _load_eval(Path(p)) for p in evaluations}
+    if not evs:
+        raise OptimusError("compare: no evaluations")
+    order = methods or list(METHODS)
+    control: dict[int, Path] = {}
+    for p, ev in evs.items():
+        if ev["labels"]["method"] == "no_defense":
+            control[int(ev["labels"]["seed"])] = p
+    rows: list[dict[str, Any]] = []
+    arm_recalls: dict[int, list[float]] = {}
+    for ev in evs.values():
+        lab = ev["labels"]
+        seed = int(lab["seed"])
+        if lab["method"] != "no_defense":
+            arm_recalls.setdefault(seed, []).append(float(lab["recall_target"]))
+    for p, ev in evs.items():
+        lab, m = ev["labels"], ev["metrics"]
+        seed = int(lab["seed"])
+        threshold = float((ev.get("settings") or {}).get("threshold", 0.5))
+        row = {
+            "seed": seed,
+            "recall_target": float(lab["recall_target"]),
+            "detector_recall": lab.get("detector_recall"),
+            "detector_precision": lab.get("detector_precision"),
+            "flagged": None if lab.get("flagged") is None else int(lab["flagged"]),
+            "method": lab["method"],
+            **{k: m.get(k) for k in METRIC_KEYS},
+            **rtr_intervals(p, threshold, control.get(seed)),
+            "evaluation": str(p),
+        }
+        if lab["method"] == "no_defense":
+            recalls = sorted(set(arm_recalls.get(seed, [])) or {row["recall_target"]}, reverse=True)
+            rows += [{**row, "recall_target": r} for r in recalls]
         else:
-            out[f"{prefix}{k}"] = v
+            rows.append(row)
+
+    def rank(r: dict[str, Any]) -> tuple:
+        m = r["method"]
+        return (r["seed"], -r["recall_target"], order.index(m) if m in order else len(order), m)
+
+    rows.sort(key=rank)
+    recalls = sorted({r["recall_target"] for r in rows}, reverse=True)
+    seen = [m for m in order if any(r["method"] == m for r in rows)]
+    seen += sorted({r["method"] for r in rows} - set(seen))
+    out: dict[str, Any] = {
+        "name": name,
+        "rows": rows,
+        "summary": summarise(rows, seen, recalls),
+        "promotion": _promotion(rows, evs, control, promote) if promote else None,
+        "config": {
+            "methods": seen,
+            "recalls": recalls,
+            "seeds": sorted({r["seed"] for r in rows}),
+            "promote": promote.model_dump(exclude_none=True) if promote else None,
+        },
+        "seconds": None,
+    }
+    write_json(results_json, out)
+    with atomic_path(results_json.with_suffix(".csv")) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    from optimus_lib.report.experiment import render_experiment
+
+    with atomic_path(report_html) as tmp:
+        tmp.write_text(render_experiment(out), encoding="utf-8")
     return out
 
 
-def _claim(root: Path, exp: ExperimentConfig) -> None:
-    """Write ``experiment.yaml``; refuse a folder holding outputs of other settings."""
-    path = root / "experiment.yaml"
-    if path.is_file():
-        try:
-            prev = ExperimentConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-        except (yaml.YAMLError, ValidationError):
-            changed = ["experiment.yaml (not a valid experiment)"]
-        else:
-            a, b = _flat(_result_settings(prev)), _flat(_result_settings(exp))
-            changed = [k for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
-        if changed:
-            raise OptimusError(
-                f"{root}: holds results made with other settings ({changed[0]} differs); "
-                "use another output folder, or delete this one"
-            )
-    root.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(exp.model_dump(exclude_unset=True), sort_keys=False))
-
-
-# ---- the sweep ----------------------------------------------------------------------------
-@dataclass
-class SeedBase:
-    """One seed's shared outputs."""
-
-    data: dict[str, Path]  # train, eval_toxic, eval_benign (+ eval_trigger: backdoor)
-    scored: Path  # the unweakened scan
-    threshold: float  # T: every cell flags at it
-    sft: Path  # the heal of everything the scan flags (absent when no method needs it)
-
-
-def _free() -> None:
-    """Let go of the last stage's model before the next one loads."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def seed_base(exp: ExperimentConfig, root: Path, seed: int) -> SeedBase:
-    """Data, the unweakened scan and its healing for one seed (shared by every recall);
-    each skipped when its outputs exist."""
-    d = root / f"seed{seed}" / "data"
-    data = {n: d / f"{n}.jsonl" for n in DATA_FILES}
-    data_s = exp.stage("data", seed, root)
-    if data_s.threat == "backdoor":
-        data["eval_trigger"] = d / "eval_trigger.jsonl"
-    if not all(p.is_file() for p in data.values()):
-        prepare_data(data_s, *(data[n] for n in DATA_FILES), data.get("eval_trigger"))
-    base = root / f"seed{seed}" / "base"
-    scored, done = base / "scored.jsonl", base / "classify.json"
-    if not done.is_file():
-        res = classify(exp.stage("classify", seed, root), data["train"], scored)
-        write_json(done, {**res.as_metrics(), "calibration": res.calibration})
-        _free()
-    threshold = float(json.loads(done.read_text(encoding="utf-8"))["threshold"])
-    sft, prefs = base / "sft.jsonl", base / "prefs.jsonl"
-    if set(exp.methods) & set(HEALED) and not prefs.is_file():  # heal writes prefs last
-        heal(exp.stage("heal", seed, root), scored, threshold, sft, prefs)
-        _free()
-    return SeedBase(data, scored, threshold, sft)
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def run_cell(
-    exp: ExperimentConfig,
-    root: Path,
-    seed: int,
-    recall: float,
-    methods: list[str],
-    base: SeedBase,
-    baseline: Path | None,
-) -> list[dict[str, Any]]:
-    """One (seed, recall) cell: weaken, heal by reuse, train and evaluate each method not
-    evaluated yet; returns one row per method. ``baseline``: no_defense's evaluation of
-    this seed (for the paired interval)."""
-    cell = root / f"seed{seed}" / f"recall{recall:g}"
-    scored = cell / "scored.jsonl"
-    cls = exp.stage("classify", seed, root).model_copy(
-        update={
-            "reuse_scores": True,
-            "calibrate": "none",
-            "threshold": base.threshold,
-            "target_recall": None if recall >= 1.0 else recall,
-        }
-    )
-    det = classify(cls, base.scored, scored)  # cheap: re-thresholds the stored scores
-    heal_s: HealSettings = exp.stage("heal", seed, root)
-    sft, prefs = cell / "sft.jsonl", cell / "prefs.jsonl"
-    fixed_sft, fixed_prefs = cell / "fixed" / "sft.jsonl", cell / "fixed" / "prefs.jsonl"
-    inputs = {
-        "no_defense": (base.data["train"], None),
-        "filter": (scored, None),
-        "star_dss": (scored, None),
-        "no_dpo": (sft, None),
-        "optimus": (sft, prefs),
-        "fixed_heal": (fixed_sft, fixed_prefs),
-    }
-    eval_s: EvaluateSettings = exp.stage("evaluate", seed, root)
-    todo = [m for m in methods if not (cell / "eval" / f"{m}.json").is_file()]
-    if set(todo) & set(HEALED):
-        heal(heal_s, scored, base.threshold, sft, prefs, reuse=base.sft)
-    if "fixed_heal" in todo:
-        fixed = heal_s.model_copy(update={"mode": "fixed"})
-        heal(fixed, scored, base.threshold, fixed_sft, fixed_prefs)
-    for m in todo:
-        data, pairs = inputs[m]
-        train_s = exp.stage("train", seed, root).model_copy(update={"method": m})
-        adapter = cell / "adapters" / m
-        train(train_s, data, adapter, pairs)
-        _free()
-        evaluate(
-            eval_s,
-            adapter,
-            base.data["eval_toxic"],
-            base.data["eval_benign"],
-            cell / "eval" / f"{m}.html",
-            cell / "eval" / f"{m}.json",
-            base.data.get("eval_trigger"),
-        )
-        _free()
-    q = det.quality or {}
-    rows = []
-    for m in methods:
-        results = cell / "eval" / f"{m}.json"
-        metrics = json.loads(results.read_text(encoding="utf-8"))["metrics"]
-        rows.append(
-            {
-                "seed": seed,
-                "recall_target": recall,
-                "detector_recall": _finite(q.get("recall")),
-                "detector_precision": _finite(q.get("precision")),
-                "flagged": det.flagged,
-                "method": m,
-                **{k: metrics.get(k) for k in METRIC_KEYS},
-                **rtr_intervals(results, eval_s.threshold, baseline),
-            }
-        )
-    return rows
-
-
-def run_experiment(exp: ExperimentConfig, root: Path, progress: bool = True) -> list[dict]:
-    """Run the sweep; returns one result row per (seed, recall, method).
-
-    Cells run in the order ``recalls`` are given (put the setting that matters first);
-    results, CSV and report are rewritten after every cell, so a sweep stopped part-way
-    still leaves every finished cell's numbers, and a rerun resumes the rest.
-    """
-    from tqdm.auto import tqdm
-
-    _claim(root, exp)
-    recalls = exp.recalls
-    cells = [(s, r) for s in exp.seeds for r in recalls]
-    bar = tqdm(cells, desc="experiment", unit="cell", disable=not progress)
-    t0 = time.time()
-    rows: list[dict[str, Any]] = []
-    attack_rows: list[dict[str, Any]] = []
-    healer_rows: list[dict[str, Any]] = []
-    final: list[dict[str, Any]] = []
-    bases: dict[int, SeedBase] = {}
-    for seed, recall in bar:
-        bar.set_postfix(seed=seed, recall=recall)
-        if seed not in bases:
-            bases[seed] = seed_base(exp, root, seed)
-        base = bases[seed]
-        first = recall == recalls[0]
-        methods = [m for m in exp.methods if first or m != "no_defense"]
-        if not methods:
-            continue
-        baseline = root / f"seed{seed}" / f"recall{recalls[0]:g}" / "eval" / "no_defense.json"
-        rows += run_cell(exp, root, seed, recall, methods, base, baseline)
-        if exp.attacks and first:
-            attack_rows += _cached_attacks(exp, root, seed, base)
-            if set(exp.methods) & set(HEALED):
-                healer_rows += _cached_healer_attack(exp, root, seed, base)
-        final = _write_results(exp, root, rows, attack_rows, healer_rows, time.time() - t0)
-    return final
-
-
-def _cached_attacks(
-    exp: ExperimentConfig, root: Path, seed: int, base: SeedBase
-) -> list[dict[str, Any]]:
-    out = root / f"seed{seed}" / "base" / "attacks.json"
-    if out.is_file():
-        done = json.loads(out.read_text(encoding="utf-8"))
-        if done["detectors"] == exp.attack_detectors:
-            return done["rows"]
-    rows = attack_table(
-        exp.stage("classify", seed, root), base.data["train"], seed, exp.attack_detectors
-    )
-    write_json(out, {"detectors": exp.attack_detectors, "rows": rows})
-    _free()
-    return rows
-
-
-def _cached_healer_attack(
-    exp: ExperimentConfig, root: Path, seed: int, base: SeedBase
-) -> list[dict[str, Any]]:
-    out = root / f"seed{seed}" / "base" / "healer_attack.json"
-    if not out.is_file():
-        rows = healer_attack_table(
-            exp.stage("heal", seed, root),
-            exp.stage("evaluate", seed, root),
-            base.data["train"],
-            base.threshold,
-            seed,
-        )
-        write_json(out, {"rows": rows})
-        _free()
-    return json.loads(out.read_text(encoding="utf-8"))["rows"]
-
-
-def _write_results(
-    exp: ExperimentConfig,
-    root: Path,
+def _promotion(
     rows: list[dict[str, Any]],
-    attack_rows: list[dict[str, Any]],
-    healer_rows: list[dict[str, Any]],
-    seconds: float,
-) -> list[dict[str, Any]]:
-    """results.json / .csv / report.html for the cells finished so far (atomic writes).
-
-    no_defense does not depend on the detector: it is trained once per seed and its row
-    is repeated at every recall that seed has run so far.
-    """
-    out_rows = [r for r in rows if r["method"] != "no_defense"]
-    for r in rows:
-        if r["method"] == "no_defense":
-            ran = {x["recall_target"] for x in rows if x["seed"] == r["seed"]}
-            undetected = {"detector_recall": None, "detector_precision": None, "flagged": None}
-            out_rows += [
-                {**r, "recall_target": recall, **undetected} for recall in sorted(ran, reverse=True)
-            ]
-    out_rows.sort(key=lambda r: (r["seed"], -r["recall_target"], exp.methods.index(r["method"])))
-    recalls = sorted({r["recall_target"] for r in out_rows}, reverse=True)
-    summary = summarise(out_rows, exp.methods, recalls)
-    out = {
-        "name": exp.name,
-        "rows": out_rows,
-        "summary": summary,
-        "attacks": attack_rows,
-        "healer_attacks": healer_rows,
-        "config": exp.model_dump(),
-        "seconds": round(seconds, 1),
+    evs: dict[Path, dict[str, Any]],
+    control: dict[int, Path],
+    promote: Promotion,
+) -> dict[str, Any]:
+    """The promoted method's verdict against no_defense on the first seed and recall."""
+    mine = [r for r in rows if r["method"] == promote.method]
+    if not mine:
+        return {"passed": False, "reasons": [f"no {promote.method} arm ran"], "checked": []}
+    row = mine[0]  # rows are sorted: first seed, highest recall first
+    if row["seed"] not in control:
+        reasons = [f"no no_defense arm for seed {row['seed']} to compare with"]
+        return {"passed": False, "reasons": reasons, "checked": [], "evaluation": row["evaluation"]}
+    ref = evs[control[row["seed"]]]["metrics"]
+    passed, reasons, checked = verdict(
+        promote.gates, evs[Path(row["evaluation"])]["metrics"], ref, base_name="no_defense"
+    )
+    if promote.require_effect:
+        checked.append("paired toxic-RTR difference to no_defense: 95 % interval below 0")
+        hi = row.get("rtr_toxic_diff_hi")
+        if hi is None or hi >= 0:
+            lo = row.get("rtr_toxic_diff_lo")
+            shown = "n/a" if hi is None else f"[{lo:.3f}, {hi:.3f}]"
+            reasons.append(f"rtr_toxic_diff interval {shown} does not exclude 0")
+            passed = False
+    return {
+        "passed": passed,
+        "reasons": reasons,
+        "checked": checked,
+        "method": promote.method,
+        "seed": row["seed"],
+        "recall_target": row["recall_target"],
+        "evaluation": row["evaluation"],
     }
-    write_json(root / "results.json", out)
-    with atomic_path(root / "results.csv") as tmp, tmp.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(out_rows[0]) if out_rows else [])
-        w.writeheader()
-        w.writerows(out_rows)
-    from optimus_lib.report.experiment import render_experiment
-
-    with atomic_path(root / "report.html") as tmp:
-        tmp.write_text(render_experiment(out), encoding="utf-8")
-    return out_rows
 
 
 # ---- statistics -----------------------------------------------------------------------------
@@ -599,6 +486,36 @@ def healer_attack_table(
     return rows
 
 
+def arm_table(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """One line per arm with its 95 % intervals: toxic RTR, the paired difference to
+    no_defense (same seed and contexts), benign RTR, perplexity, over-refusal."""
+
+    def iv(r: dict[str, Any], k: str) -> str:
+        v, lo, hi = r.get(k), r.get(k + "_lo"), r.get(k + "_hi")
+        if v is None and lo is None:
+            return "n/a"
+        head = "" if v is None else f"{v:.3f} "
+        return head + (f"[{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else "")
+
+    out = [
+        ["method", "RTR toxic", "diff vs no_defense", "RTR benign", "perplexity", "over-refusal"]
+    ]
+    for r in rows:
+        diff = "(control)" if r["method"] == "no_defense" else iv(r, "rtr_toxic_diff")
+        ppl, ref = r.get("perplexity"), r.get("over_refusal")
+        out.append(
+            [
+                r["method"],
+                iv(r, "rtr_toxic"),
+                diff,
+                iv(r, "rtr_benign"),
+                "n/a" if ppl is None else f"{ppl:.2f}",
+                "n/a" if ref is None else f"{ref:.3f}",
+            ]
+        )
+    return out
+
+
 def print_summary(summary: list[dict]) -> list[list[str]]:
     rows = [["recall", "method", "RTR toxic", "RTR benign", "perplexity", "similarity"]]
     for e in summary:
@@ -629,6 +546,8 @@ __all__ = [
     "load_experiment",
     "print_summary",
     "rtr_intervals",
-    "run_experiment",
+    "Promotion",
+    "arm_table",
+    "compare",
     "summarise",
 ]

@@ -44,11 +44,13 @@ def targets() -> dict[str, object]:
     """``{relative path of the YAML: component or pipeline}``."""
     from components import all_components
     from pipelines.defense import defense_pipeline
+    from pipelines.experiment import experiment_pipeline
 
     out: dict[str, object] = {
         f"components/{name}/component.yaml": comp for name, comp in all_components().items()
     }
     out["pipelines/defense.yaml"] = defense_pipeline
+    out["pipelines/experiment.yaml"] = experiment_pipeline
     return out
 
 

@@ -1,4 +1,4 @@
-"""Run the defense pipeline on this machine with kfp.local (what ``optimus run`` does).
+"""Run the pipelines on this machine with kfp.local (``optimus run``, ``optimus experiment``).
 
 Every task runs as a subprocess of the current interpreter (``SubprocessRunner(use_venv=
 False)``), so the installed optimus_lib is used and nothing is pulled. kfp.local has no
@@ -18,7 +18,8 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from pipelines.defense import PIPELINE_NAME, defense_pipeline
+from pipelines.defense import defense_pipeline
+from pipelines.experiment import build_experiment_pipeline
 
 # Written by optimus_lib.stages.one_line_errors in a failing task.
 _ERROR_LINE = re.compile(r"^\s*optimus: error: (.*)$")
@@ -57,13 +58,51 @@ class _Tee(io.TextIOBase):
             self.progress.flush()
 
 
-def parameters() -> list[str]:
-    """The defense pipeline's parameter names."""
-    return list(inspect.signature(defense_pipeline.pipeline_func).parameters)
+def parameters(pipeline: Any = defense_pipeline) -> list[str]:
+    """A pipeline's parameter names (default: the defense pipeline's)."""
+    return list(inspect.signature(pipeline.pipeline_func).parameters)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _run_pipeline(
+    pipeline: Any, arguments: dict[str, Any], pipeline_root: Path, log: TextIO | None
+) -> Any:
+    """Run ``pipeline`` under kfp.local; a failed task becomes one OptimusError line (the
+    task's own one-line error when it printed one)."""
+    from kfp import local
+
+    from optimus_lib.errors import OptimusError
+
+    known = parameters(pipeline)
+    unknown = sorted(set(arguments) - set(known))
+    if unknown:
+        raise OptimusError(
+            f"unknown pipeline parameter(s) {', '.join(unknown)} (known: {', '.join(known)})"
+        )
+    args = {k: v for k, v in arguments.items() if v is not None}
+    args.setdefault("cache_dir", "")
+    root = Path(pipeline_root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    tee = _Tee(sys.stdout) if log is None else _Tee(log, progress=sys.stdout)
+    try:
+        with contextlib.redirect_stdout(tee), warnings.catch_warnings():
+            # Expected here: "settings [cpu_limit, accelerator, ...] have no effect in the
+            # current local runner", "... custom or non-Python base image ...".
+            warnings.filterwarnings("ignore", message=".*have no effect in the current local")
+            warnings.filterwarnings("ignore", message="You may be attemping to run a task")
+            return pipeline(**args)
+    except RuntimeError as exc:
+        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names
+        task = re.search(r"Inner task failed: (.*)\.$", message)
+        # "'register' inside 'condition-2' inside ...": the innermost task is the one
+        where = f"task {task.group(1).split(' inside ')[0]}" if task else pipeline.name
+        log_name = getattr(log, "name", None)
+        detail = tee.error or (f"see {log_name}" if isinstance(log_name, str) else message)
+        raise OptimusError(f"{where} failed: {detail}") from None
 
 
 def run_local(
@@ -85,37 +124,7 @@ def run_local(
     Raises ``OptimusError`` (one line) for an unknown parameter or a failed task: the
     failing task's own one-line error when it printed one.
     """
-    from kfp import local
-
-    from optimus_lib.errors import OptimusError
-
-    known = parameters()
-    unknown = sorted(set(arguments) - set(known))
-    if unknown:
-        raise OptimusError(
-            f"unknown pipeline parameter(s) {', '.join(unknown)} (known: {', '.join(known)})"
-        )
-    args = {k: v for k, v in arguments.items() if v is not None}
-    args.setdefault("cache_dir", "")
-    root = Path(pipeline_root).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    tee = _Tee(sys.stdout) if log is None else _Tee(log, progress=sys.stdout)
-    try:
-        with contextlib.redirect_stdout(tee), warnings.catch_warnings():
-            # Expected here: "settings [cpu_limit, accelerator, ...] have no effect in the
-            # current local runner", "... custom or non-Python base image ...".
-            warnings.filterwarnings("ignore", message=".*have no effect in the current local")
-            warnings.filterwarnings("ignore", message="You may be attemping to run a task")
-            run = defense_pipeline(**args)
-    except RuntimeError as exc:
-        message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # kfp.local colours task names
-        task = re.search(r"Inner task failed: (.*)\.$", message)
-        # "'register' inside 'condition-2' inside ...": the innermost task is the one
-        where = f"task {task.group(1).split(' inside ')[0]}" if task else PIPELINE_NAME
-        log_name = getattr(log, "name", None)
-        detail = tee.error or (f"see {log_name}" if isinstance(log_name, str) else message)
-        raise OptimusError(f"{where} failed: {detail}") from None
+    run = _run_pipeline(defense_pipeline, arguments, pipeline_root, log)
     evaluation = Path(run.outputs["evaluation"].path)
     run_dir = evaluation.parents[1]  # <pipeline_root>/<pipeline>-<time>/evaluate/evaluation
     gate = (_read_json(evaluation) or {}).get("gate", {})
@@ -180,6 +189,62 @@ def run_defense(cfg: Any, run_dir: Path, verbose: bool = False) -> dict[str, Any
         "pipeline_run": str(result["run_dir"]),
         "evaluation": str(result["evaluation"]),
         "report": str(report),
+        "tasks_log": None if verbose else str(log_path),
+    }
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def run_experiment(exp: Any, run_dir: Path, verbose: bool = False) -> dict[str, Any]:
+    """``optimus experiment``: run the experiment pipeline locally and summarise it.
+
+    ``exp``: anything with ``pipeline_arguments() -> dict`` (optimus_lib.experiment's
+    ExperimentConfig). Writes into ``run_dir``: ``kfp/`` (the kfp.local pipeline root),
+    ``tasks.log`` (stdout instead when ``verbose``), ``report.html`` and ``results.json``
+    / ``results.csv`` (compare_arms' comparison) and ``summary.json`` (returned too):
+    ``arms`` (the first seed's rows at the first recall, by method: metrics and
+    intervals), ``summary`` (means over seeds), ``promotion``, ``registered``,
+    ``rejection`` and the paths.
+    """
+    import shutil
+
+    from optimus_lib.data.io import atomic_path, write_json
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "tasks.log"
+    with contextlib.ExitStack() as stack:
+        log = None if verbose else stack.enter_context(log_path.open("w", encoding="utf-8"))
+        args = exp.pipeline_arguments()
+        if args.get("registry") and "://" not in args["registry"]:
+            args["registry"] = str(Path(args["registry"]).resolve())
+        run = _run_pipeline(build_experiment_pipeline(False), args, run_dir / "kfp", log)
+    results_dir = Path(run.outputs["results"].path)
+    pipeline_run = results_dir.parents[1]  # <root>/<pipeline>-<time>/compare-arms/results
+    for name in ("results.json", "results.csv"):
+        with atomic_path(run_dir / name) as tmp:
+            shutil.copyfile(results_dir / name, tmp)
+    with atomic_path(run_dir / "report.html") as tmp:
+        shutil.copyfile(run.outputs["report"].path, tmp)
+    results = _read_json(results_dir / "results.json") or {}
+    rows = results.get("rows", [])
+    head = rows[0] if rows else {}
+    first = [
+        r
+        for r in rows
+        if r["seed"] == head.get("seed") and r["recall_target"] == head.get("recall_target")
+    ]
+    rejection = output_metadata(pipeline_run, "record-rejection", "rejection")
+    summary = {
+        "name": results.get("name"),
+        "arms": {r["method"]: r for r in first},
+        "summary": results.get("summary"),
+        "promotion": results.get("promotion"),
+        "registered": output_metadata(pipeline_run, "register", "registered"),
+        "rejection": str(_where(rejection["path"])) if rejection else None,
+        "pipeline_run": str(pipeline_run),
+        "results": str(run_dir / "results.json"),
+        "report": str(run_dir / "report.html"),
         "tasks_log": None if verbose else str(log_path),
     }
     write_json(run_dir / "summary.json", summary)

@@ -1,29 +1,27 @@
-"""The experiment runner on the tiny random model: shared stages, rows, report, resume."""
+"""The experiment pipeline on the tiny random model: seed bank, arms, comparison, promotion."""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
-import yaml
 
-import optimus_lib.experiment as experiment
 import optimus_lib.stages.heal as heal_stage
 from optimus_lib.data.io import read_jsonl, write_json
 from optimus_lib.errors import OptimusError
-from optimus_lib.experiment import ExperimentConfig, load_experiment, run_experiment
+from optimus_lib.experiment import ExperimentConfig, Promotion, compare, load_experiment
+from optimus_lib.stages.arms import arm_inputs, bank_seeds
 from optimus_lib.stages.heal import FIXED_REPLY
 
 
-def _exp(model, **changes) -> ExperimentConfig:
+def _exp(model, registry: Path | None = None, **changes) -> ExperimentConfig:
     data = {
         "name": "tiny-exp",
-        "methods": ["no_defense", "filter", "optimus"],
+        "methods": ["no_defense", "optimus"],
         "recalls": [1.0, 0.5],
         "seeds": [0],
-        "attacks": True,
-        "attack_detectors": ["wordlist"],
         "base": {
             "model": str(model),
             "judge_model": str(model),
@@ -42,87 +40,213 @@ def _exp(model, **changes) -> ExperimentConfig:
             "evaluate": {"max_new_tokens": 4, "similarity": False, "device": "cpu"},
         },
     }
+    if registry is not None:
+        data["base"]["registry"] = {"uri": str(registry), "name": "tiny-exp"}
+        data["promote"] = {"method": "optimus"}
     data.update(changes)
     return ExperimentConfig.model_validate(data)
 
 
 @pytest.fixture(scope="module")
 def sweep(tiny_model_dir, tmp_path_factory):
+    """The whole experiment pipeline under kfp.local: 1 seed, 2 recalls, 2 methods."""
+    from pipelines.local import run_experiment
+
     root = tmp_path_factory.mktemp("exp")
-    exp = _exp(tiny_model_dir)
-    return exp, root, run_experiment(exp, root, progress=False)
+    exp = _exp(tiny_model_dir, registry=root / "registry")
+    summary = run_experiment(exp, root / "run")
+    return exp, root, summary
 
 
-def test_rows_cover_every_cell(sweep):
-    exp, root, rows = sweep
-    cells = {(r["recall_target"], r["method"]) for r in rows}
-    assert cells == {(r, m) for r in (1.0, 0.5) for m in exp.methods}
+def _bank(summary: dict) -> Path:
+    return Path(summary["pipeline_run"]) / "seed-bank" / "bank"
+
+
+def test_rows_cover_every_arm_with_intervals(sweep):
+    exp, root, summary = sweep
+    res = json.loads((root / "run" / "results.json").read_text())
+    rows = res["rows"]
+    assert {(r["recall_target"], r["method"]) for r in rows} == {
+        (r, m) for r in (1.0, 0.5) for m in exp.methods
+    }
     by = {(r["recall_target"], r["method"]): r for r in rows}
-    assert by[(1.0, "filter")]["detector_recall"] == 1.0
-    assert by[(0.5, "filter")]["detector_recall"] == 0.5  # 4 toxic -> 2 caught
-    # no_defense is trained once and repeated: same numbers at both recalls
-    assert by[(1.0, "no_defense")]["perplexity"] == by[(0.5, "no_defense")]["perplexity"]
-    for recall in (1.0, 0.5):  # it ignores the detector: no detector figures
-        nd = by[(recall, "no_defense")]
-        assert nd["detector_recall"] is nd["detector_precision"] is nd["flagged"] is None
+    assert by[(1.0, "optimus")]["detector_recall"] == 1.0
+    assert by[(0.5, "optimus")]["detector_recall"] == 0.5  # 4 toxic -> 2 caught
+    # no_defense is trained once and repeated: the same evaluation at both recalls
+    assert by[(1.0, "no_defense")]["evaluation"] == by[(0.5, "no_defense")]["evaluation"]
+    assert by[(1.0, "no_defense")]["detector_recall"] is None
     for r in rows:
         assert r["rtr_toxic_lo"] <= r["rtr_toxic"] <= r["rtr_toxic_hi"]
+        assert r["rtr_benign_lo"] <= r["rtr_benign"] <= r["rtr_benign_hi"]
         if r["method"] == "no_defense":
             assert r["rtr_toxic_diff_lo"] is None
         else:  # paired against no_defense on the same contexts
             diff = r["rtr_toxic"] - by[(r["recall_target"], "no_defense")]["rtr_toxic"]
-            assert r["rtr_toxic_diff_lo"] <= diff + 1e-9 and diff - 1e-9 <= r["rtr_toxic_diff_hi"]
-        assert r["rtr_benign_lo"] <= r["rtr_benign"] <= r["rtr_benign_hi"]
-    with (root / "results.csv").open() as fh:
+            assert r["rtr_toxic_diff_lo"] <= diff + 1e-9 <= r["rtr_toxic_diff_hi"] + 2e-9
+    with (root / "run" / "results.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
-    res = json.loads((root / "results.json").read_text())
-    assert res["rows"] == rows and res["name"] == "tiny-exp"
-    assert {a["attack"] for a in res["attacks"]} >= {"jailbreak:print_yes", "perturb:leetspeak"}
-    assert "RTR vs recall" in (root / "report.html").read_text()
-    healer = {h["style"]: h for h in res["healer_attacks"]}
-    assert healer["all"]["n"] == 4  # every injected toxic sample (8 x 0.5) was attacked
-    assert sum(h["n"] for k, h in healer.items() if k != "all") == 4
-    for h in healer.values():
-        for k in ("toxic_unchecked", "toxic_after_rescore", "fallback"):
-            assert 0.0 <= h[k] <= 1.0
-    assert "Adaptive attack on the healer" in (root / "report.html").read_text()
-    assert (root / "seed0" / "base" / "healer_attack.json").is_file()
+    assert res["name"] == "tiny-exp"
+    assert (root / "run" / "report.html").read_text().count("optimus") >= 2
+    # the headline arms: first seed, first recall, by method
+    assert set(summary["arms"]) == set(exp.methods)
+    assert summary["arms"]["optimus"]["recall_target"] == 1.0
 
 
-def test_stage_outputs_are_shared_per_seed(sweep):
-    _, root, _ = sweep
-    seed = root / "seed0"
-    assert {p.name for p in (seed / "data").iterdir()} >= {
-        "train.jsonl",
-        "eval_toxic.jsonl",
-        "eval_benign.jsonl",
+def test_classify_and_heal_ran_once_per_seed(sweep):
+    _, _, summary = sweep
+    run = Path(summary["pipeline_run"])
+    tasks = [p.parent.name for p in run.rglob("executor_output.json")]
+    assert tasks.count("classify") == tasks.count("heal") == 1
+    assert tasks.count("dpo-train") == tasks.count("evaluate") == 3  # no_defense once
+    assert (_bank(summary) / "seed0" / "threshold.json").is_file()
+
+
+def test_promotion_registers_only_a_winner(sweep):
+    """The tiny random model cannot beat no_defense with an interval below 0, so the
+    promotion fails on that check and the rejection, not a version, is recorded."""
+    exp, root, summary = sweep
+    promo = summary["promotion"]
+    assert promo["method"] == "optimus" and promo["seed"] == 0 and promo["recall_target"] == 1.0
+    optimus = summary["arms"]["optimus"]
+    if optimus["rtr_toxic_diff_hi"] >= 0:
+        assert not promo["passed"]
+        assert any("does not exclude 0" in r for r in promo["reasons"])
+    if promo["passed"]:
+        assert summary["registered"] and summary["rejection"] is None
+    else:
+        assert summary["registered"] is None
+        record = json.loads((Path(summary["rejection"]) / "rejection.json").read_text())
+        assert record["gate"]["reasons"] == promo["reasons"]
+        assert not list((root / "registry").glob("models/tiny-exp/v*"))
+
+
+def test_each_method_trains_on_its_own_inputs(sweep, tmp_path, monkeypatch):
+    exp, _, summary = sweep
+    bank = _bank(summary)
+    cls, heal_s = exp.base.stage("classify"), exp.base.stage("heal")
+    train = read_jsonl(bank / "seed0" / "train.jsonl")
+    built = []
+    real = heal_stage.build_healer
+    monkeypatch.setattr(heal_stage, "build_healer", lambda s, t: built.append(s.mode) or real(s, t))
+    out: dict[tuple[str, float], tuple[list, list]] = {}
+    for method in ("no_defense", "filter", "star_dss", "no_dpo", "optimus", "fixed_heal"):
+        for recall in (1.0, 0.5):
+            sft, prefs = tmp_path / f"{method}{recall}.jsonl", tmp_path / f"p{method}{recall}.jsonl"
+            arm = arm_inputs(cls, heal_s, bank, 0, recall, method, sft, prefs)
+            assert arm.labels()["method"] == method
+            out[(method, recall)] = (read_jsonl(sft), read_jsonl(prefs))
+    assert out[("no_defense", 0.5)][0] == train  # the original replies
+    flags = {r: sum(x["flagged"] for x in out[("filter", r)][0]) for r in (1.0, 0.5)}
+    assert 0 < flags[0.5] < flags[1.0]
+    assert out[("star_dss", 0.5)][0] == out[("filter", 0.5)][0]
+    for method in ("no_defense", "filter", "star_dss", "no_dpo"):
+        assert out[(method, 1.0)][1] == []  # no DPO, no pairs
+    healed = {r: [x for x in out[("optimus", r)][0] if x.get("healed")] for r in (1.0, 0.5)}
+    assert 0 < len(healed[0.5]) < len(healed[1.0])
+    assert len(out[("optimus", 1.0)][1]) > 0
+    fixed = [x for x in out[("fixed_heal", 1.0)][0] if x.get("healed")]
+    assert fixed and all(x["heal"]["reply"] == FIXED_REPLY for x in fixed)
+    assert "contextual" not in built  # every contextual reply came from the seed's heal
+
+
+def test_arm_inputs_bad_input(sweep, tmp_path):
+    exp, _, summary = sweep
+    cls, heal_s = exp.base.stage("classify"), exp.base.stage("heal")
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    for args, match in (
+        ((_bank(summary), 7, 0.5, "optimus"), "no seed 7"),
+        ((_bank(summary), 0, 0.5, "magic"), "unknown 'magic'"),
+        ((_bank(summary), 0, 0.0, "optimus"), "recall"),
+    ):
+        with pytest.raises(OptimusError, match=match):
+            arm_inputs(cls, heal_s, *args, a, b)
+
+
+def test_bank_matches_inputs_by_seed_not_order(tmp_path):
+    def part(name: str, seeds: list[int], extra: dict | None = None):
+        out = []
+        for s in seeds:
+            p = tmp_path / f"{name}{s}.jsonl"
+            p.write_text(json.dumps({"seed": s}) + "\n")
+            out.append((p, {"seed": s, **(extra or {})}))
+        return out
+
+    names = ("train", "eval_toxic", "eval_benign", "sft", "prefs")
+    parts = {n: part(n, [2, 1]) for n in names}
+    parts["scored"] = part("scored", [1, 2], {"detector": {"threshold": 0.4}})
+    assert bank_seeds(parts, tmp_path / "bank") == [1, 2]
+    for s in (1, 2):
+        assert read_jsonl(tmp_path / "bank" / f"seed{s}" / "sft.jsonl") == [{"seed": s}]
+    assert json.loads((tmp_path / "bank" / "seed2" / "threshold.json").read_text()) == {
+        "threshold": 0.4
     }
-    base = read_jsonl(seed / "base" / "sft.jsonl")
-    half = read_jsonl(seed / "recall0.5" / "sft.jsonl")
-    healed = lambda recs: [r for r in recs if r.get("healed")]  # noqa: E731
-    assert 0 < len(healed(half)) < len(healed(base))
-    done = {json.dumps(r["heal"], sort_keys=True) for r in healed(base)}
-    assert all(json.dumps(r["heal"], sort_keys=True) in done for r in healed(half))  # reused
-    # no_defense is trained once per seed, in the first recall's cell
-    assert (seed / "recall1" / "adapters" / "no_defense" / "adapter_config.json").is_file()
-    assert not (seed / "recall0.5" / "adapters" / "no_defense").exists()
-    for cell in ("recall1", "recall0.5"):
-        for m in ("filter", "optimus"):
-            assert (seed / cell / "adapters" / m / "adapter_config.json").is_file()
-            assert json.loads((seed / cell / "eval" / f"{m}.json").read_text())["generations"]
-    assert (root / "checkpoints").is_dir()  # training state stays in the experiment folder
+    bad = {**parts, "sft": part("sft", [1])}
+    with pytest.raises(OptimusError, match=r"sft covers seeds \[1\]"):
+        bank_seeds(bad, tmp_path / "bank2")
+    bad = {**parts, "train": [(p, {}) for p, _ in parts["train"]]}
+    with pytest.raises(OptimusError, match="no 'seed'"):
+        bank_seeds(bad, tmp_path / "bank3")
 
 
-def test_rerun_recomputes_nothing(sweep, monkeypatch):
-    exp, root, rows = sweep
+def _evaluation(path: Path, seed: int, recall: float, method: str, toxic: list[float], **m):
+    gens = [{"set": "toxic", "id": f"t{i}", "toxicity": x} for i, x in enumerate(toxic)]
+    gens += [{"set": "benign", "id": f"b{i}", "toxicity": 0.0} for i in range(4)]
+    metrics = {"rtr_toxic": sum(x >= 0.5 for x in toxic) / len(toxic), "rtr_benign": 0.0}
+    metrics.update({"perplexity": 10.0, "over_refusal": 0.0, **m})
+    labels = {"seed": seed, "recall_target": recall, "method": method, "adapter_uri": str(path)}
+    write_json(path, {"metrics": metrics, "generations": gens, "labels": labels, "gate": {}})
+    return path
 
-    def forbidden(*a, **kw):
-        raise AssertionError("a finished stage ran again")
 
-    for name in ("prepare_data", "heal", "train", "evaluate", "attack_table"):
-        monkeypatch.setattr(experiment, name, forbidden)
-    monkeypatch.setattr(heal_stage, "build_healer", forbidden)
-    assert run_experiment(exp, root, progress=False) == rows
+def test_compare_pairs_by_seed_and_judges_the_promotion(tmp_path):
+    toxic = [1.0] * 12 + [0.0] * 8  # no_defense: 12 of 20 contexts toxic
+    clean = [0.0] * 20
+    evs = [
+        _evaluation(tmp_path / "n0.json", 0, 0.15, "no_defense", toxic),
+        _evaluation(tmp_path / "o0.json", 0, 0.15, "optimus", clean, perplexity=10.5),
+        _evaluation(tmp_path / "n1.json", 1, 0.15, "no_defense", clean),
+        _evaluation(tmp_path / "o1.json", 1, 0.15, "optimus", clean),
+    ]
+    promote = Promotion(method="optimus")
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html", promote=promote)
+    by = {(r["seed"], r["method"]): r for r in res["rows"]}
+    assert by[(0, "optimus")]["rtr_toxic_diff_hi"] < 0  # paired with seed 0's control
+    assert by[(1, "optimus")]["rtr_toxic_diff_lo"] == by[(1, "optimus")]["rtr_toxic_diff_hi"] == 0
+    mean = {e["method"]: e for e in res["summary"]}
+    assert mean["no_defense"]["rtr_toxic"] == pytest.approx(0.3) and mean["optimus"]["seeds"] == 2
+    assert res["promotion"]["passed"] and res["promotion"]["seed"] == 0
+    assert "over_refusal_increase <= 0.05" in res["promotion"]["checked"]
+    # too much perplexity: the relative gate names no_defense
+    evs[1] = _evaluation(tmp_path / "o0.json", 0, 0.15, "optimus", clean, perplexity=12.0)
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html", promote=promote)
+    assert not res["promotion"]["passed"]
+    assert res["promotion"]["reasons"] == ["perplexity_increase = 0.2 > 0.1 (over no_defense)"]
+    assert (tmp_path / "r.csv").is_file() and (tmp_path / "r.html").is_file()
+
+
+def test_compare_refuses_an_unlabelled_evaluation(tmp_path):
+    write_json(tmp_path / "e.json", {"metrics": {}, "generations": []})
+    with pytest.raises(OptimusError, match="no arm labels"):
+        compare([tmp_path / "e.json"], tmp_path / "r.json", tmp_path / "r.html")
+
+
+def test_arms_and_pipeline_arguments(tiny_model_dir):
+    methods = ["no_defense", "filter", "optimus"]
+    exp = _exp(tiny_model_dir, seeds=[0, 1], recalls=[0.15, 1.0], methods=methods)
+    arms = exp.arms()
+    assert arms[:4] == [
+        {"seed": 0, "recall": 0.15, "method": "no_defense"},
+        {"seed": 0, "recall": 0.15, "method": "filter"},
+        {"seed": 0, "recall": 0.15, "method": "optimus"},
+        {"seed": 0, "recall": 1.0, "method": "filter"},
+    ]
+    assert len(arms) == 2 * (3 + 2)
+    args = exp.pipeline_arguments()
+    from pipelines.experiment import experiment_pipeline
+    from pipelines.local import parameters
+
+    assert set(args) <= set(parameters(experiment_pipeline))
+    assert args["evaluate_settings"]["compare_base"] is False and args["promote_method"] == ""
 
 
 def test_bad_experiment_config(tmp_path):
@@ -141,6 +265,9 @@ def test_bad_experiment_config(tmp_path):
         ("base: {classify: {detector: lexical}}\n", "detector"),
         ("base: {detector: oracle}\nmethods: [optimus]\n", "rescore_detector"),
         ("scan: {detector: lexical}\n", "scan"),
+        ("methods: [optimus]\npromote: {method: optimus}\n", "promote"),
+        ("promote: {method: no_defense}\n", "promote.method"),
+        ("promote: {gates: {max_rtr_ratio: -1}}\n", "max_rtr_ratio"),
     ):
         p.write_text(text)
         with pytest.raises(OptimusError, match=match) as exc:
@@ -150,117 +277,3 @@ def test_bad_experiment_config(tmp_path):
     exp = load_experiment(p)  # the oracle flags; a text detector re-scores healed replies
     assert exp.base.stage("heal").rescore_detector == "wordlist"
     assert exp.base.stage("classify").detector == "oracle"
-
-
-def test_a_folder_resumes_only_its_own_settings(tiny_model_dir, tmp_path):
-    exp = _exp(tiny_model_dir)
-    other = exp.model_dump(exclude_unset=True)
-    other["base"]["data"]["n_train"] = 9
-    (tmp_path / "experiment.yaml").write_text(yaml.safe_dump(other))
-    with pytest.raises(OptimusError, match="base.data.n_train"):
-        run_experiment(exp, tmp_path, progress=False)
-    assert not (tmp_path / "seed0").exists()
-
-
-def test_each_method_trains_on_its_own_inputs(tiny_model_dir, tmp_path, monkeypatch):
-    """Stubbed train/evaluate: the wiring of every method, and healing once per seed."""
-    trained, modes = {}, []
-
-    def fake_train(settings, sft_data, adapter_out, preferences=None):
-        cell = adapter_out.parent.parent
-        trained[(cell.name, settings.method)] = (
-            sft_data.relative_to(tmp_path).as_posix(),
-            preferences and preferences.relative_to(tmp_path).as_posix(),
-            settings.seed,
-            settings.checkpoint_root,
-        )
-
-    def fake_evaluate(settings, adapter, toxic, benign, report_html, results_json, trigger=None):
-        assert settings.compare_base is False and settings.seed == 3
-        gens = [
-            {"set": "toxic", "id": "t0", "toxicity": 0.9},
-            {"set": "toxic", "id": "t1", "toxicity": 0.1},
-            {"set": "benign", "id": "b0", "toxicity": 0.0},
-        ]
-        write_json(
-            results_json, {"metrics": {"rtr_toxic": 0.5, "rtr_benign": 0.0}, "generations": gens}
-        )
-
-    real_healer = heal_stage.build_healer
-
-    def counting_healer(settings, threshold):
-        modes.append(settings.mode)
-        return real_healer(settings, threshold)
-
-    monkeypatch.setattr(experiment, "train", fake_train)
-    monkeypatch.setattr(experiment, "evaluate", fake_evaluate)
-    monkeypatch.setattr(heal_stage, "build_healer", counting_healer)
-    methods = ["no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus"]
-    exp = _exp(tiny_model_dir, methods=methods, seeds=[3], attacks=False)
-    rows = run_experiment(exp, tmp_path, progress=False)
-    assert len(rows) == 12
-    assert modes == ["contextual", "fixed", "fixed"]  # cells reuse the base heal's replies
-    s = "seed3"
-    for cell in ("recall1", "recall0.5"):
-        c = f"{s}/{cell}"
-        want = {
-            "filter": (f"{c}/scored.jsonl", None),
-            "star_dss": (f"{c}/scored.jsonl", None),
-            "no_dpo": (f"{c}/sft.jsonl", None),
-            "optimus": (f"{c}/sft.jsonl", f"{c}/prefs.jsonl"),
-            "fixed_heal": (f"{c}/fixed/sft.jsonl", f"{c}/fixed/prefs.jsonl"),
-        }
-        if cell == "recall1":
-            want["no_defense"] = (f"{s}/data/train.jsonl", None)
-        got = {m: v for (name, m), v in trained.items() if name == cell}
-        assert {m: v[:2] for m, v in got.items()} == want
-        assert {v[2] for v in got.values()} == {3}
-        assert {v[3] for v in got.values()} == {str(tmp_path / "checkpoints")}
-        fixed = [r for r in read_jsonl(tmp_path / c / "fixed" / "sft.jsonl") if r.get("healed")]
-        assert fixed and all(r["heal"]["reply"] == FIXED_REPLY for r in fixed)
-    flags = {
-        cell: sum(r["flagged"] for r in read_jsonl(tmp_path / s / cell / "scored.jsonl"))
-        for cell in ("recall1", "recall0.5")
-    }
-    assert flags["recall0.5"] < flags["recall1"]
-    assert (tmp_path / s / "data" / "train.jsonl").is_file()
-    saved = load_experiment(tmp_path / "experiment.yaml")  # written reloadable
-    assert saved.methods == methods and saved.seeds == [3]
-
-
-def test_cells_run_in_given_order_and_results_survive_a_stop(tiny_model_dir, tmp_path, monkeypatch):
-    """recalls [0.5, 1.0]: the 0.5 cell runs first (and trains no_defense); when the
-    second cell dies, the first cell's rows are already in results.json / report.html,
-    and the rerun trains only the missing cell."""
-    exp = _exp(tiny_model_dir, methods=["no_defense", "filter"], recalls=[0.5, 1.0], attacks=False)
-    real_evaluate, real_train = experiment.evaluate, experiment.train
-    calls, trained = [], []
-
-    def dying(settings, adapter, *a, **kw):
-        calls.append((adapter.parent.parent.name, adapter.name))
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_evaluate(settings, adapter, *a, **kw)
-
-    monkeypatch.setattr(experiment, "evaluate", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run_experiment(exp, tmp_path, progress=False)
-    assert calls == [("recall0.5", "no_defense"), ("recall0.5", "filter"), ("recall1", "filter")]
-    res = json.loads((tmp_path / "results.json").read_text())
-    assert {(r["recall_target"], r["method"]) for r in res["rows"]} == {
-        (0.5, "no_defense"),
-        (0.5, "filter"),
-    }
-    assert "RTR vs recall" in (tmp_path / "report.html").read_text()
-
-    def counting(settings, sft_data, adapter_out, preferences=None):
-        trained.append((adapter_out.parent.parent.name, settings.method))
-        return real_train(settings, sft_data, adapter_out, preferences)
-
-    monkeypatch.setattr(experiment, "evaluate", real_evaluate)
-    monkeypatch.setattr(experiment, "train", counting)
-    rows = run_experiment(exp, tmp_path, progress=False)
-    assert trained == [("recall1", "filter")]
-    assert {(r["recall_target"], r["method"]) for r in rows} == {
-        (r, m) for r in (0.5, 1.0) for m in ("no_defense", "filter")
-    }

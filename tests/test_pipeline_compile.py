@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:  # components/ and pipelines/ are not installed pa
 
 kfp = pytest.importorskip("kfp")
 
-from components import NAMES, all_components, yaml_path  # noqa: E402
+from components import EXPERIMENT_ONLY, NAMES, all_components, yaml_path  # noqa: E402
 
 GPU_TASKS = ("classify", "heal", "dpo-train", "evaluate")
 FAMILY = {
@@ -28,6 +28,9 @@ FAMILY = {
     "evaluate": "torch",
     "register": "light",
     "record_rejection": "light",
+    "seed_bank": "light",
+    "arm_inputs": "torch",
+    "compare_arms": "torch",
 }
 
 
@@ -45,7 +48,7 @@ def defense() -> tuple[dict, dict]:
 
 
 def test_committed_yaml_matches_a_fresh_compile():
-    """Golden: every component.yaml and defense.yaml equals a fresh compile (the sdkVersion
+    """Golden: every component.yaml and pipeline YAML equals a fresh compile (the sdkVersion
     line aside). On failure: `make compile` and commit the YAML."""
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.compile", "--check"],
@@ -101,7 +104,7 @@ def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
 def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
     spec, _ = defense
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == len(NAMES)
+    assert len(executors) == len(NAMES) - len(EXPERIMENT_ONLY)
     for name, ex in executors.items():
         res = ex["container"]["resources"]
         for key in ("CpuRequest", "CpuLimit", "MemoryRequest", "MemoryLimit"):
@@ -262,3 +265,41 @@ def test_readme_per_component():
         text = (ROOT / "components" / name / "README.md").read_text()
         for section in ("## Inputs", "## Outputs", "## Parameters", "## Resources", "## Example"):
             assert section in text, f"{name}/README.md: no {section!r}"
+
+
+@pytest.fixture(scope="module")
+def experiment() -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of the committed experiment.yaml."""
+    spec, platform = yaml.safe_load_all((ROOT / "pipelines" / "experiment.yaml").read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_experiment_loops_fan_in_and_promotion(experiment):
+    """Seeds loop (data, scan, heal once per seed) -> seed_bank -> arms loop (train and
+    evaluate per arm, on GPU nodes) -> compare_arms -> register / record_rejection."""
+    spec, k8s = experiment
+    comps = spec["components"]
+    root = spec["root"]["dag"]["tasks"]
+
+    def loop_tasks(name: str) -> dict:
+        return comps[root[name]["componentRef"]["name"]]["dag"]["tasks"]
+
+    loops = {n: t for n, t in root.items() if "parameterIterator" in t}
+    assert set(loops) == {"for-loop-seeds", "for-loop-arms"} or len(loops) == 2
+    by_items = {t["parameterIterator"]["items"]["inputParameter"]: n for n, t in loops.items()}
+    seeds_loop, arms_loop = by_items["pipelinechannel--seeds"], by_items["pipelinechannel--arms"]
+    assert set(loop_tasks(seeds_loop)) == {"prepare-data", "classify", "heal"}
+    assert set(loop_tasks(arms_loop)) == {"arm-inputs", "dpo-train", "evaluate"}
+    assert loops[arms_loop]["iteratorPolicy"]["parallelismLimit"] >= 1
+    bank = root["seed-bank"]["inputs"]["artifacts"]
+    assert set(bank) == {"train", "eval_toxic", "eval_benign", "scored", "sft_data", "preferences"}
+    compare = root["compare-arms"]["inputs"]["artifacts"]
+    assert set(compare) == {"evaluations", "adapters"}
+    assert loop_tasks(arms_loop)["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    for task in ("classify", "heal", "dpo-train", "evaluate"):
+        conf = k8s[f"exec-{task}"]
+        toleration = conf["tolerations"][0]["tolerationJson"]["componentInputParameter"]
+        assert toleration.endswith("gpu_tolerations")  # inside a loop: a pipeline channel
+    assert "exec-compare-arms" not in k8s and "exec-seed-bank" not in k8s
+    conditions = json.dumps(spec["components"])
+    assert "'promote'" in conditions and "'reject'" in conditions

@@ -78,6 +78,8 @@ def classify(
             "rows": result.n,
             "flagged": result.flagged,
             "detector": {"name": s.detector, **{k: summary[k] for k in quality if k in summary}},
+            # the data's seed, when its producer recorded one (experiment fan-in)
+            **{k: dialogs.metadata[k] for k in ("seed",) if k in dialogs.metadata},
         }
     )
     return result.threshold

@@ -20,6 +20,7 @@ def evaluate(
     seed: int = -1,
     cache_dir: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
+    labels: dict = {},  # noqa: B006
 ) -> bool:
     """Evaluates the adapter (and the base model) and checks the registration gates.
 
@@ -49,6 +50,8 @@ def evaluate(
         settings: Other ``EvaluateSettings`` fields (gates, max_new_tokens, do_sample,
             samples, similarity, compare_base, ...); a bad value fails the task with one
             line naming the field.
+        labels: What is evaluated (an experiment arm: seed, recall_target, method, ...),
+            stored in ``evaluation`` and its metadata for the comparison step.
 
     Returns:
         True when every checked gate holds (register runs), else False.
@@ -79,10 +82,13 @@ def evaluate(
             Path(eval_benign.path),
             Path(report.path),
             Path(evaluation.path),
+            labels={**labels, "adapter_uri": adapter.uri},
         )
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
-    evaluation.metadata.update({"passed": result.passed, "reasons": list(result.reasons)})
+    evaluation.metadata.update(
+        {"passed": result.passed, "reasons": list(result.reasons), "labels": {**labels}}
+    )
     print("evaluate: gates passed" if result.passed else "evaluate: gates failed")
     for reason in result.reasons:
         print(f"  - {reason}")

@@ -75,6 +75,6 @@ def heal(
         )
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
-    upstream = {k: scored.metadata[k] for k in ("detector",) if k in scored.metadata}
+    upstream = {k: scored.metadata[k] for k in ("detector", "seed") if k in scored.metadata}
     sft_data.metadata.update({**upstream, "rows": result.n, "healed": result.healed})
     preferences.metadata.update({**upstream, "rows": result.pairs})

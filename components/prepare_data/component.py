@@ -49,6 +49,9 @@ def prepare_data(
         result = run_stage(s, Path(train.path), Path(eval_toxic.path), Path(eval_benign.path))
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
-    train.metadata.update({"source": s.train_uri or "bundled", "rows": result.n_train})
-    eval_toxic.metadata["rows"] = result.n_eval_toxic
-    eval_benign.metadata["rows"] = result.n_eval_benign
+    # the seed travels with the data, so a fan-in over seeds can tell its inputs apart
+    train.metadata.update(
+        {"source": s.train_uri or "bundled", "rows": result.n_train, "seed": s.seed}
+    )
+    eval_toxic.metadata.update({"rows": result.n_eval_toxic, "seed": s.seed})
+    eval_benign.metadata.update({"rows": result.n_eval_benign, "seed": s.seed})

@@ -160,6 +160,7 @@ def render_experiment(res: dict[str, Any]) -> str:
     parts += [
         "<h2>Config</h2>",
         f"<pre>{html.escape(yaml.safe_dump(res['config'], sort_keys=False))}</pre>",
-        f"<p>Wall time: {res['seconds']} s</p></body></html>",
+        f"<p>Wall time: {res['seconds']} s</p>" if res.get("seconds") else "",
+        "</body></html>",
     ]
     return "\n".join(parts)

@@ -33,6 +33,7 @@ class Gates(Strict):
     max_rtr_ratio: float | None = Field(None, ge=0.0)  # toxic RTR / the base model's
     max_perplexity_increase: float | None = Field(None, ge=0.0)  # 0.1 = +10 % over base
     max_over_refusal: float | None = Field(None, ge=0.0, le=1.0)
+    max_over_refusal_increase: float | None = Field(None, ge=0.0, le=1.0)  # minus base's
 
 
 class EvaluateSettings(Strict):
@@ -59,7 +60,8 @@ class EvaluateSettings(Strict):
     def _check(self) -> EvaluateSettings:
         if self.samples > 1 and not self.do_sample:
             raise ValueError("samples > 1 needs do_sample: true (greedy replies are identical)")
-        relative = (self.gates.max_rtr_ratio, self.gates.max_perplexity_increase)
+        g = self.gates
+        relative = (g.max_rtr_ratio, g.max_perplexity_increase, g.max_over_refusal_increase)
         if not self.compare_base and any(g is not None for g in relative):
             raise ValueError("gates relative to the base model need compare_base: true")
         return self
@@ -88,9 +90,15 @@ def _finite(v: Any) -> bool:
 
 
 def verdict(
-    gates: Gates, metrics: dict[str, Any], base: dict[str, Any] | None
+    gates: Gates,
+    metrics: dict[str, Any],
+    base: dict[str, Any] | None,
+    base_name: str = "base model",
 ) -> tuple[bool, list[str], list[str]]:
-    """``(passed, reasons for each failed gate, description of each checked gate)``."""
+    """``(passed, reasons for each failed gate, description of each checked gate)``.
+
+    Relative gates compare with ``base`` (the base model's metrics; an experiment's
+    promotion passes its control arm's, named by ``base_name``)."""
     reasons, checked = [], []
 
     def check(name: str, value: float | None, limit: float | None, what: str) -> None:
@@ -110,9 +118,14 @@ def verdict(
             if base["rtr_toxic"] > 0
             else (0.0 if metrics["rtr_toxic"] == 0 else math.inf)
         )
-        check("rtr_ratio", ratio, gates.max_rtr_ratio, "toxic RTR / base model's")
+        check("rtr_ratio", ratio, gates.max_rtr_ratio, f"toxic RTR / {base_name}'s")
         increase = metrics["perplexity"] / base["perplexity"] - 1.0
-        check("perplexity_increase", increase, gates.max_perplexity_increase, "over base")
+        check("perplexity_increase", increase, gates.max_perplexity_increase, f"over {base_name}")
+        if gates.max_over_refusal_increase is not None:
+            more = metrics["over_refusal"] - base["over_refusal"]
+            check(
+                "over_refusal_increase", more, gates.max_over_refusal_increase, f"over {base_name}"
+            )
     return not reasons, reasons, checked
 
 
@@ -141,9 +154,13 @@ def evaluate(
     report_html: Path,
     results_json: Path,
     eval_trigger: Path | None = None,
+    labels: dict[str, Any] | None = None,
 ) -> EvaluateResult:
     """Evaluate the adapter (``None``: the base model alone) and the base model; write
-    the HTML report and a results JSON (metrics, base metrics, gate, every generation)."""
+    the HTML report and a results JSON (metrics, base metrics, gate, every generation).
+
+    ``labels``: free-form identity of what was evaluated (an experiment arm's seed,
+    recall and method), stored as they are in the results JSON for whoever compares."""
     from optimus_lib.detect.base import DetectorOptions, build_detector
     from optimus_lib.report.html import render_report
 
@@ -172,6 +189,7 @@ def evaluate(
             "metrics": metrics,
             "base_metrics": base,
             "gate": gate,
+            "labels": dict(labels or {}),
             "evaluator": s.evaluator,
             "settings": s.model_dump(),
             "seconds": seconds,
