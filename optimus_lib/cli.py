@@ -503,7 +503,9 @@ def submit(
         ),
     ] = "",
     experiment: Annotated[str, typer.Option(help="KFP experiment (created if new).")] = "optimus",
-    run_name: Annotated[str, typer.Option(help="Run name. Default: pipeline name + time.")] = "",
+    run_name: Annotated[
+        str, typer.Option(help="Run name. Default: the settings' name + time.")
+    ] = "",
     pipeline: PipelineOpt = None,
     compile_fresh: Annotated[
         bool,
@@ -526,6 +528,8 @@ def submit(
     Checks the parameters against the pipeline, needs a gs:// pipeline root, runs the
     cluster check, then creates the run as the pipeline-runner service account.
     """
+    import time
+
     from optimus_lib.config import load_pipeline_settings
 
     cfg = load_pipeline_settings(settings)
@@ -536,7 +540,7 @@ def submit(
         pipeline_root=pipeline_root or cfg.pipeline_root,
         namespace=namespace,
         experiment=experiment,
-        run_name=run_name or f"{cfg.name}",
+        run_name=run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H-%M-%S')}",
         pipeline=pipeline,
         compile_fresh=compile_fresh,
         check=not skip_check,
