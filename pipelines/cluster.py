@@ -329,8 +329,9 @@ def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any
         )
     try:
         return config.new_client_from_config(config_file=path, context=context)
-    except config.ConfigException as exc:
-        raise OptimusError(f"kubeconfig {path}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # ConfigException; an exec credential plugin that fails or is absent
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise OptimusError(f"kubeconfig {path}: {first}") from None
 
 
 def _check_namespace(api: _Api, ns: str) -> Check:

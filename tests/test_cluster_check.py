@@ -228,3 +228,11 @@ def test_cli_reads_kubeconfig_and_settings(tmp_path, pinned):
     assert down.stderr.strip().splitlines() == [
         f"optimus: error: cannot reach the Kubernetes API at {api.url}: Connection refused"
     ]
+
+
+def test_unusable_kubeconfig_is_one_line(tmp_path, pinned):
+    config = kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
+    with pytest.raises(OptimusError, match="kubeconfig .*nope"):
+        cluster.check_cluster("kubeflow", pinned, kubeconfig=str(config), context="nope")
+    with pytest.raises(OptimusError, match="no kubeconfig at .*missing"):
+        cluster.check_cluster("kubeflow", pinned, kubeconfig=str(tmp_path / "missing"))
