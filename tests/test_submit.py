@@ -236,3 +236,16 @@ def test_cli_submit_dry_run_and_errors(settings, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("optimus: error: "), r.stderr
         assert needle in lines[0]
         assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_compile_fresh_sends_a_freshly_compiled_spec(arguments):
+    """--compile: the run carries a pipeline compiled now, same name and parameters."""
+    with serve(kfp_routes()) as kfp:
+        submit.submit(
+            arguments, host=kfp.url, pipeline_root=ROOT_URI, compile_fresh=True, check=False
+        )
+    (run,) = _runs(kfp.requests)
+    spec = run["pipeline_spec"]["pipeline_spec"]
+    assert spec["pipelineInfo"]["name"] == "optimus-defense"
+    committed = cluster.parameter_specs(cluster.load_pipeline(DEFENSE)[0])
+    assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(committed)
