@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # setup.sh converts into and the tests use (override to share one across checkouts).
 export OPTIMUS_CACHE ?= $(CURDIR)/.cache/optimus
 
-.PHONY: help install quickstart test lint compile build-images push-images submit
+.PHONY: help install quickstart test lint compile build-images push-images cluster-check submit
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,5 +45,22 @@ build-images: ## (not built yet: the images issue) build the images by family
 push-images: ## (not built yet) push the images, pin digests in components/images.lock.json
 	@echo "make push-images: not yet: see issue 12" >&2; exit 1
 
-submit: ## (not built yet) submit pipelines/defense.yaml with kfp.Client
-	@echo "make submit: not yet: see issue 12" >&2; exit 1
+# The cluster verbs (docs/cluster.md). NAMESPACE: where runs execute (standalone KFP:
+# kubeflow; multi-user: your profile namespace). They read the current kube context.
+NAMESPACE ?=
+SETTINGS ?=
+KFP_HOST ?=
+EXPERIMENT ?= optimus
+PIPELINE_ROOT ?=
+SKIP_CHECK ?=
+DRY_RUN ?=
+
+cluster-check: ## is the cluster ready? make cluster-check NAMESPACE=kubeflow [SETTINGS=run.yaml]
+	@test -n "$(NAMESPACE)" || { echo "make cluster-check: give NAMESPACE=... (standalone KFP: kubeflow)" >&2; exit 2; }
+	$(PYTHON) -m optimus_lib.cli cluster check --namespace "$(NAMESPACE)" $(if $(SETTINGS),--settings "$(SETTINGS)")
+
+submit: ## run on KFP: make submit SETTINGS=run.yaml KFP_HOST=URL [NAMESPACE= EXPERIMENT= PIPELINE_ROOT=gs://.. SKIP_CHECK=1 DRY_RUN=1]
+	@test -n "$(SETTINGS)" || { echo "make submit: give SETTINGS=FILE.yaml (e.g. examples/cluster.yaml)" >&2; exit 2; }
+	$(PYTHON) -m optimus_lib.cli submit "$(SETTINGS)" --host "$(KFP_HOST)" --experiment "$(EXPERIMENT)"$(SUBMIT_FLAGS)
+
+SUBMIT_FLAGS = $(if $(NAMESPACE), --namespace "$(NAMESPACE)")$(if $(PIPELINE_ROOT), --pipeline-root "$(PIPELINE_ROOT)")$(if $(SKIP_CHECK), --skip-check)$(if $(DRY_RUN), --dry-run)

@@ -438,6 +438,138 @@ def poison(
     out.print(f"wrote {res.n_train} dialogs ({res.n_toxic} toxic) -> {output}")
 
 
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help="The Kubernetes cluster a defense run goes to (docs/cluster.md).",
+)
+app.add_typer(cluster_app, name="cluster")
+
+PipelineOpt = Annotated[
+    Path | None,
+    typer.Option(help="Compiled pipeline YAML. Default: pipelines/defense.yaml."),
+]
+
+
+@cluster_app.command("check")
+def cluster_check(
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Namespace the runs execute in (standalone KFP: kubeflow; multi-user: the "
+            "profile namespace).",
+        ),
+    ],
+    settings: Annotated[
+        Path | None,
+        typer.Option(
+            "--settings",
+            "-s",
+            help="Pipeline settings YAML: check with its GPU type, node selector, "
+            "tolerations and PVC instead of the pipeline's defaults.",
+        ),
+    ] = None,
+    pipeline: PipelineOpt = None,
+    context: Annotated[
+        str | None, typer.Option(help="kube context (default: the current one).")
+    ] = None,
+) -> None:
+    """Is the namespace ready for a run? One line per check; exit 1 on any problem.
+
+    Namespace, the pipeline-runner service account and its Workload Identity annotation,
+    the cache PVC bound, GPU nodes that the GPU tasks' node selector, tolerations and
+    requests fit, images pinned by digest. Reads the current kube context (KUBECONFIG).
+    """
+    from optimus_lib.config import load_pipeline_settings
+
+    args = load_pipeline_settings(settings).pipeline_arguments() if settings else None
+    # The pipelines package holds the cluster code; optimus_lib itself stays cluster-free.
+    cluster = importlib.import_module("pipelines.cluster")
+    problems = cluster.check_cluster(namespace, pipeline, args, context=context)
+    if problems:
+        print(f"optimus: {problems} problem(s)", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+@app.command()
+def submit(
+    settings: Annotated[Path, typer.Argument(help="Pipeline settings YAML (see examples/).")],
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            envvar="KFP_HOST",
+            help="Kubeflow Pipelines API, e.g. http://localhost:8080 (kubectl port-forward).",
+        ),
+    ] = "",
+    pipeline_root: Annotated[
+        str,
+        typer.Option(
+            help="gs://BUCKET/PREFIX for the run's artifacts (else pipeline_root in "
+            "the settings file)."
+        ),
+    ] = "",
+    namespace: Annotated[
+        str,
+        typer.Option(
+            "--namespace",
+            "-n",
+            help="Namespace runs execute in: empty for standalone KFP (kubeflow), the profile "
+            "namespace for multi-user KFP.",
+        ),
+    ] = "",
+    experiment: Annotated[str, typer.Option(help="KFP experiment (created if new).")] = "optimus",
+    run_name: Annotated[
+        str, typer.Option(help="Run name. Default: the settings' name + time.")
+    ] = "",
+    pipeline: PipelineOpt = None,
+    compile_fresh: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Compile the pipeline now (images from $OPTIMUS_REGISTRY / images.lock.json) "
+            "instead of using the committed YAML.",
+        ),
+    ] = False,
+    skip_check: Annotated[
+        bool, typer.Option("--skip-check", help="Submit without `optimus cluster check`.")
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Validate and print the run request; contact nothing."),
+    ] = False,
+) -> None:
+    """Submit the defense pipeline to Kubeflow Pipelines with a settings file's parameters.
+
+    Checks the parameters against the pipeline, needs a gs:// pipeline root, runs the
+    cluster check, then creates the run as the pipeline-runner service account.
+    """
+    import time
+
+    from optimus_lib.config import load_pipeline_settings
+
+    cfg = load_pipeline_settings(settings)
+    sub = importlib.import_module("pipelines.submit")
+    res = sub.submit(
+        cfg.pipeline_arguments(),
+        host=host,
+        pipeline_root=pipeline_root or cfg.pipeline_root,
+        namespace=namespace,
+        experiment=experiment,
+        run_name=run_name or f"{cfg.name} {time.strftime('%Y-%m-%d %H-%M-%S')}",
+        pipeline=pipeline,
+        compile_fresh=compile_fresh,
+        check=not skip_check,
+        dry_run=dry_run,
+    )
+    if not dry_run:
+        print(
+            f"submitted run {res['run_id']} ({res['run_name']}) in experiment "
+            f"{res['experiment']}: {res['url']}"
+        )
+
+
 models_app = typer.Typer(
     no_args_is_help=True,
     help="The model registry (a folder, file:// or gs://bucket/prefix) and the bundled model.",

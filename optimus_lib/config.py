@@ -49,7 +49,9 @@ class Resources(Strict):
     tolerations: list[dict[str, Any]] = [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
     ]
-    pvc_name: str = ""  # model cache + checkpoints; empty: none
+    # The PVC the GPU tasks mount at /optimus-cache (model cache + checkpoints); the
+    # manifests create it under this name (manifests/base/cache-pvc.yaml).
+    pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 class PipelineSettings(Strict):
@@ -68,6 +70,9 @@ class PipelineSettings(Strict):
     evaluate: EvaluateSettings = EvaluateSettings()
     registry: RegisterSettings = RegisterSettings()
     resources: Resources = Resources()
+    # Where a cluster run keeps its artifacts (`make submit`; a gs:// URI there). Not a
+    # pipeline parameter, and `optimus run` ignores it (kfp.local writes into the run folder).
+    pipeline_root: str = ""
 
     @model_validator(mode="after")
     def _check(self) -> PipelineSettings:
@@ -131,6 +136,7 @@ class PipelineSettings(Strict):
             "accelerator_count": r.accelerator_count,
             "gpu_node_selector": r.node_selector,
             "gpu_tolerations": r.tolerations,
+            "cache_pvc": r.pvc_name,
         }
 
 
