@@ -23,8 +23,8 @@ help: ## list the verbs
 install: ## install into .venv (idempotent: bash setup.sh --no-run)
 	bash setup.sh --no-run
 
-quickstart: install ## install, then the whole pipeline under kfp.local on the bundled model
-	$(VENV)/bin/optimus run examples/quickstart.yaml
+quickstart: install ## install, then no_defense vs optimus through the experiment pipeline (kfp.local, bundled model)
+	$(VENV)/bin/optimus experiment examples/quickstart.yaml
 
 test: install ## install (idempotent), then the whole test suite (what CI runs)
 	$(PYTHON) -m pytest -q

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Optimus install (what `make install` and `make quickstart` run): everything into ./.venv,
 # the bundled model converted once, then (without --no-run) the quickstart: the whole KFP
-# pipeline under the local runner (examples/quickstart.yaml -> runs/quickstart/).
+# experiment pipeline under the local runner (examples/quickstart.yaml -> runs/quickstart/).
 #
 #   bash setup.sh            install + convert + quickstart run (minutes on a laptop CPU)
 #   bash setup.sh --no-run   install + convert only (what `make test` does first)
@@ -73,8 +73,8 @@ echo "==> converting the bundled model into $OPTIMUS_CACHE (once; sha256-checked
 "$VENV/bin/optimus" models bundled --convert
 
 if [[ "$RUN_QUICKSTART" == "1" ]]; then
-  echo "==> quickstart: optimus run examples/quickstart.yaml (KFP local runner)"
-  "$VENV/bin/optimus" run examples/quickstart.yaml
+  echo "==> quickstart: optimus experiment examples/quickstart.yaml (experiment pipeline, KFP local runner)"
+  "$VENV/bin/optimus" experiment examples/quickstart.yaml
   echo "==> done: runs/quickstart/summary.json and runs/quickstart/report.html"
 else
   echo "==> installed (quickstart skipped: --no-run). Next: make quickstart"

@@ -93,8 +93,13 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 
 
 def test_quickstart_config_validates():
-    cfg = load_config(ROOT / "examples" / "quickstart.yaml")  # what setup.sh runs
-    assert cfg.model == "smollm2-135m-instruct"
+    from optimus_lib.experiment import load_experiment
+
+    exp = load_experiment(ROOT / "examples" / "quickstart.yaml")  # what setup.sh runs
+    assert exp.base.model == "smollm2-135m-instruct"
+    assert exp.methods == ["no_defense", "optimus"] and exp.promote.method == "optimus"
+    assert exp.recalls == [0.15]
+    cfg = load_config(ROOT / "examples" / "defense.yaml")
     assert cfg.method == "optimus"
 
 
