@@ -80,6 +80,34 @@ def _gpu(
     return task
 
 
+def register_task(adapter, evaluation, registry, name, version="") -> dsl.PipelineTask:
+    """register, uncached (a registry write must happen every run), with KFP's run ids."""
+    task = register(
+        adapter=adapter,
+        evaluation=evaluation,
+        registry=registry,
+        name=name,
+        version=version,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
+    )
+    return _resources(task, "register").set_caching_options(False)
+
+
+def rejection_task(evaluation, registry, name) -> dsl.PipelineTask:
+    """record_rejection, uncached, with KFP's run ids (the branch that does not register)."""
+    task = record_rejection(
+        evaluation=evaluation,
+        registry=registry,
+        name=name,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
+    )
+    return _resources(task, "record_rejection").set_caching_options(False)
+
+
 @dsl.pipeline(name=PIPELINE_NAME)
 def defense_pipeline(
     model: str = "smollm2-135m-instruct",
@@ -211,27 +239,15 @@ def defense_pipeline(
     # evaluate has artifact outputs, so its bool is the named output "Output"; kfp.local
     # (2.17) skips a lone dsl.If on a named output, so the Else branch is always present.
     with dsl.If(verdict.outputs["Output"] == True, name="gates-passed"):  # noqa: E712
-        entry = register(
-            adapter=trained.outputs["adapter"],
-            evaluation=verdict.outputs["evaluation"],
-            registry=registry,
-            name=model_name,
-            version=model_version,
-            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
+        register_task(
+            trained.outputs["adapter"],
+            verdict.outputs["evaluation"],
+            registry,
+            model_name,
+            model_version,
         )
-        _resources(entry, "register").set_caching_options(False)
     with dsl.Else(name="gates-failed"):
-        rejected = record_rejection(
-            evaluation=verdict.outputs["evaluation"],
-            registry=registry,
-            name=model_name,
-            run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-            run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
-        )
-        _resources(rejected, "record_rejection").set_caching_options(False)
+        rejection_task(verdict.outputs["evaluation"], registry, model_name)
 
     return DefenseOutputs(
         evaluation=verdict.outputs["evaluation"], report=verdict.outputs["report"]

@@ -28,8 +28,6 @@ from components.dpo_train.component import dpo_train
 from components.evaluate.component import evaluate
 from components.heal.component import heal
 from components.prepare_data.component import prepare_data
-from components.record_rejection.component import record_rejection
-from components.register.component import register
 from components.seed_bank.component import seed_bank
 from pipelines.defense import (
     CACHE_MOUNT,
@@ -37,6 +35,8 @@ from pipelines.defense import (
     DEFAULT_TOLERATIONS,
     _gpu,
     _resources,
+    register_task,
+    rejection_task,
 )
 
 PIPELINE_NAME = "optimus-experiment"
@@ -226,26 +226,14 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
         _resources(table, "register").set_caching_options(False)
 
         with dsl.If(table.outputs["Output"] == "promote", name="promoted"):
-            entry = register(
-                adapter=table.outputs["promoted"],
-                evaluation=table.outputs["promoted_evaluation"],
-                registry=registry,
-                name=model_name,
-                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
+            register_task(
+                table.outputs["promoted"],
+                table.outputs["promoted_evaluation"],
+                registry,
+                model_name,
             )
-            _resources(entry, "register").set_caching_options(False)
         with dsl.Elif(table.outputs["Output"] == "reject", name="not-promoted"):
-            rejected = record_rejection(
-                evaluation=table.outputs["promoted_evaluation"],
-                registry=registry,
-                name=model_name,
-                run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                task_id=dsl.PIPELINE_TASK_ID_PLACEHOLDER,
-            )
-            _resources(rejected, "record_rejection").set_caching_options(False)
+            rejection_task(table.outputs["promoted_evaluation"], registry, model_name)
 
         return ExperimentOutputs(results=table.outputs["results"], report=table.outputs["report"])
 

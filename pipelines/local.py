@@ -15,6 +15,7 @@ import json
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -140,6 +141,27 @@ def run_local(
     }
 
 
+@contextlib.contextmanager
+def _task_log(path: Path, verbose: bool) -> Iterator[TextIO | None]:
+    """Where the tasks' own output goes: ``path`` (made with its folder), or the terminal
+    (None) when ``verbose``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        yield None
+        return
+    with path.open("w", encoding="utf-8") as log:
+        yield log
+
+
+def _arguments(cfg: Any) -> dict[str, Any]:
+    """``cfg.pipeline_arguments()`` with a local registry folder made absolute (tasks may
+    run in another working directory)."""
+    args = cfg.pipeline_arguments()
+    if args.get("registry") and "://" not in args["registry"]:
+        args["registry"] = str(Path(args["registry"]).resolve())
+    return args
+
+
 def _where(path: str) -> Path | str:
     """A local folder as a Path; a remote registry's URI (gs://...) as it is."""
     return path if "://" in path else Path(path)
@@ -166,16 +188,9 @@ def run_defense(cfg: Any, run_dir: Path, verbose: bool = False) -> dict[str, Any
 
     from optimus_lib.data.io import atomic_path, write_json
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "tasks.log"
-    with contextlib.ExitStack() as stack:
-        log = None if verbose else stack.enter_context(log_path.open("w", encoding="utf-8"))
-        args = cfg.pipeline_arguments()
-        if args.get("registry") and "://" not in args["registry"]:
-            # tasks may run in another working directory: name the local folder absolutely
-            args["registry"] = str(Path(args["registry"]).resolve())
-        result = run_local(args, run_dir / "kfp", log=log)
+    run_dir, log_path = Path(run_dir), Path(run_dir) / "tasks.log"
+    with _task_log(log_path, verbose) as log:
+        result = run_local(_arguments(cfg), run_dir / "kfp", log=log)
     evaluation = _read_json(result["evaluation"]) or {}
     report = run_dir / "report.html"
     with atomic_path(report) as tmp:
@@ -210,15 +225,10 @@ def run_experiment(exp: Any, run_dir: Path, verbose: bool = False) -> dict[str, 
 
     from optimus_lib.data.io import atomic_path, write_json
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "tasks.log"
-    with contextlib.ExitStack() as stack:
-        log = None if verbose else stack.enter_context(log_path.open("w", encoding="utf-8"))
-        args = exp.pipeline_arguments()
-        if args.get("registry") and "://" not in args["registry"]:
-            args["registry"] = str(Path(args["registry"]).resolve())
-        run = _run_pipeline(build_experiment_pipeline(False), args, run_dir / "kfp", log)
+    run_dir, log_path = Path(run_dir), Path(run_dir) / "tasks.log"
+    with _task_log(log_path, verbose) as log:
+        pipeline = build_experiment_pipeline(kubernetes_settings=False)
+        run = _run_pipeline(pipeline, _arguments(exp), run_dir / "kfp", log)
     results_dir = Path(run.outputs["results"].path)
     pipeline_run = results_dir.parents[1]  # <root>/<pipeline>-<time>/compare-arms/results
     for name in ("results.json", "results.csv"):
