@@ -231,6 +231,9 @@ class KMRStore:
     model_versions: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)  # each with _parent
     token: str | None = None  # set: every request must carry "Authorization: Bearer <token>"
+    # called with a version's create body just before it is stored: a test's concurrent
+    # writer (it may add to model_versions; the create then meets what it added)
+    before_version_create: Callable[[dict[str, Any]], None] | None = None
     _next_id: int = 0
     _last_ms: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -285,13 +288,17 @@ def _kmr_check(kind: str, body: Any) -> str | None:
     return None
 
 
-def kmr_routes(store: KMRStore | None = None) -> tuple[dict[tuple[str, str], Route], KMRStore]:
+def kmr_routes(
+    store: KMRStore | None = None, prefix: str = ""
+) -> tuple[dict[tuple[str, str], Route], KMRStore]:
     """The Kubeflow Model Registry REST API (v1, what model-registry 0.3.18 calls) as far
     as registering and reading models goes: registered models, their versions and the
     versions' model artifacts; create, get by id, find by name (404 when none), list.
     Names are unique (a model's, a version's within its model, an artifact's within its
-    version): a second create answers 409, as the server does."""
+    version): a second create answers 409, as the server does. ``prefix``: a path in front
+    of the API (a gateway's)."""
     s = store or KMRStore()
+    api = prefix + KMR_API
 
     def stamp(body: dict[str, Any], **extra: Any) -> dict[str, Any]:
         now = s.now_ms()
@@ -313,7 +320,7 @@ def kmr_routes(store: KMRStore | None = None) -> tuple[dict[tuple[str, str], Rou
         if s.token is not None and req.headers.get("Authorization") != f"Bearer {s.token}":
             return _kmr_error(401, "missing or invalid bearer token")
         q = {k: v[-1] for k, v in req.query.items()}
-        segs = req.path[len(KMR_API) :].strip("/").split("/")
+        segs = req.path[len(api) :].strip("/").split("/")
         with s._lock:
             match (req.method, segs):
                 case ("GET", ["registered_models"]):
@@ -341,6 +348,8 @@ def kmr_routes(store: KMRStore | None = None) -> tuple[dict[tuple[str, str], Rou
                 case ("POST", ["model_versions"]):
                     if why := _kmr_check("model_version", req.body):
                         return _kmr_error(400, why)
+                    if s.before_version_create is not None:
+                        s.before_version_create(req.body)
                     rid, name = req.body["registeredModelId"], req.body["name"]
                     if rid not in s.registered_models:
                         return _kmr_error(404, f"no registered model found for id {rid}")
@@ -376,6 +385,6 @@ def kmr_routes(store: KMRStore | None = None) -> tuple[dict[tuple[str, str], Rou
         return _kmr_error(404, f"{req.method} {req.path}: not served by this stand-in")
 
     routes: dict[tuple[str, str], Route] = {
-        (method, f"{KMR_API}/*"): handle for method in ("GET", "POST", "PATCH")
+        (method, f"{api}/*"): handle for method in ("GET", "POST", "PATCH")
     }
     return routes, s
