@@ -572,7 +572,8 @@ def submit(
 
 models_app = typer.Typer(
     no_args_is_help=True,
-    help="The model registry (a folder, file:// or gs://bucket/prefix) and the bundled model.",
+    help="The model registry (a folder, file://, gs://bucket/prefix or kubeflow-registry://) "
+    "and the bundled model.",
 )
 app.add_typer(models_app, name="models")
 
@@ -581,8 +582,10 @@ RegistryOpt = Annotated[
     typer.Option(
         "--registry",
         "-r",
-        help="Registry URI: a local folder, file://PATH or gs://bucket/prefix (application "
-        "default credentials; STORAGE_EMULATOR_HOST points it at an emulator).",
+        help="Registry URI: a local folder, file://PATH, gs://bucket/prefix (application "
+        "default credentials; STORAGE_EMULATOR_HOST points it at an emulator) or "
+        "kubeflow-registry[+http]://HOST[:PORT]?storage=<folder or gs://...> (a Kubeflow "
+        "Model Registry indexes, the storage holds the files; service-account token).",
     ),
 ]
 

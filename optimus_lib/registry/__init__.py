@@ -6,6 +6,10 @@ model specs). One interface, :class:`ModelRegistry`, with backends chosen by URI
 * ``gs://bucket/prefix`` through google-cloud-storage (imported lazily): every object is
   written create-only (``if_generation_match=0``), a ``.claim`` object claims a version,
   aliases move by compare-and-swap on the object's generation.
+* ``kubeflow-registry://HOST[:PORT]?storage=STORAGE`` (``kubeflow-registry+http://`` for
+  plain http): a Kubeflow Model Registry indexes each version (model, version, model
+  artifact) while the files, aliases and rejections live in STORAGE, one of the two
+  backends above (:mod:`optimus_lib.registry.kubeflow`; the client is imported lazily).
 
 Layout under the registry root::
 
@@ -35,18 +39,26 @@ from optimus_lib.registry.base import (
 
 
 def open_registry(uri: str) -> ModelRegistry:
-    """The backend for ``uri``: a folder (plain path or ``file://``) or ``gs://bucket/prefix``."""
+    """The backend for ``uri``: a folder (plain path or ``file://``), ``gs://bucket/prefix``
+    or ``kubeflow-registry[+http]://HOST[:PORT]?storage=<one of those>``."""
     uri = str(uri).strip()
     if not uri:
-        raise OptimusError("registry: give a folder, file:// or gs://bucket/prefix URI")
+        raise OptimusError(
+            "registry: give a folder, file://, gs://bucket/prefix or kubeflow-registry:// URI"
+        )
     if uri.startswith("gs://"):
         from optimus_lib.registry.gcs import GCSRegistry
 
         return GCSRegistry(uri)
-    if "://" in uri and not uri.startswith("file://"):
-        scheme = uri.split("://", 1)[0]
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("kubeflow-registry", "kubeflow-registry+http"):
+        from optimus_lib.registry.kubeflow import KubeflowRegistry
+
+        return KubeflowRegistry(uri)
+    if scheme and scheme != "file":
         raise OptimusError(
-            f"{uri}: unsupported registry URI scheme {scheme!r} (use a folder, file:// or gs://)"
+            f"{uri}: unsupported registry URI scheme {scheme!r} (use a folder, file://, gs:// "
+            "or kubeflow-registry://)"
         )
     from optimus_lib.registry.local import LocalRegistry
 

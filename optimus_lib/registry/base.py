@@ -168,13 +168,17 @@ class ModelRegistry:
                 f"{self.uri_of(f'models/{name}/{version}')}: version {version!r} is already "
                 "registered (versions are immutable)"
             )
-        taken = [d[1:] for d in self._dirs(f"models/{name}") if d.startswith("v")]
+        taken = [d[1:] for d in self._taken(name) if d.startswith("v")]
         n = max((int(t) for t in taken if t.isdigit()), default=0) + 1
         for _ in range(AUTO_VERSION_TRIES):  # a concurrent registration may take v<n> first
             if self._try_claim(name, f"v{n}", claim):
                 return f"v{n}"
             n += 1
         raise OptimusError(f"{self.uri_of(f'models/{name}')}: no free version found")
+
+    def _taken(self, name: str) -> list[str]:
+        """Version names an automatic version must not reuse (finished or burnt)."""
+        return self._dirs(f"models/{name}")
 
     def _try_claim(self, name: str, version: str, claim: bytes) -> bool:
         key = f"models/{name}/{version}/{CLAIM}"

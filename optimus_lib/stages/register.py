@@ -1,7 +1,9 @@
 """Stage 5: an immutable, versioned model entry, only for a model that passed evaluate.
 
 The entry goes into a model registry (:mod:`optimus_lib.registry`) chosen by URI: a local
-folder (plain path or ``file://``) or ``gs://bucket/prefix``. Layout of an entry::
+folder (plain path or ``file://``), ``gs://bucket/prefix``, or a Kubeflow Model Registry
+(``kubeflow-registry[+http]://HOST[:PORT]?storage=<folder or gs://>``: it indexes the
+version, the storage holds the layout below). Layout of an entry::
 
     <registry>/models/<name>/<version>/
         .claim            created first, create-only: of two registrations one wins
@@ -37,7 +39,7 @@ from optimus_lib.stages import file_digest
 
 
 class RegisterSettings(Strict):
-    uri: str = "runs/registry"  # the registry: a local folder, file:// or gs://bucket/prefix
+    uri: str = "runs/registry"  # a local folder, file://, gs://b/p or kubeflow-registry://
     name: str = Field("optimus-chat", description="model name: letters, digits, . _ -")
     version: str = ""  # empty: the next free v<N>
 
