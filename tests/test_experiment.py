@@ -7,6 +7,7 @@ import json
 
 import pytest
 import yaml
+from helpers import html_tables
 
 import optimus_lib.experiment as experiment
 import optimus_lib.stages.heal as heal_stage
@@ -78,7 +79,12 @@ def test_rows_cover_every_cell(sweep):
     res = json.loads((root / "results.json").read_text())
     assert res["rows"] == rows and res["name"] == "tiny-exp"
     assert {a["attack"] for a in res["attacks"]} >= {"jailbreak:print_yes", "perturb:leetspeak"}
-    assert "RTR vs recall" in (root / "report.html").read_text()
+    page = (root / "report.html").read_text()
+    assert 'alt="RTR vs recall"' in page
+    paired = html_tables(page)["Paired difference in toxic-context RTR vs no_defense"]
+    assert paired[0][2:] == ["filter", "optimus"] and [r[0] for r in paired[1:]] == ["1", "0.5"]
+    for r in paired[1:]:  # one seed: the paired difference with the row's bootstrap interval
+        assert all(c.count("[") == 1 for c in r[2:]), r
     healer = {h["style"]: h for h in res["healer_attacks"]}
     assert healer["all"]["n"] == 4  # every injected toxic sample (8 x 0.5) was attacked
     assert sum(h["n"] for k, h in healer.items() if k != "all") == 4
@@ -251,7 +257,8 @@ def test_cells_run_in_given_order_and_results_survive_a_stop(tiny_model_dir, tmp
         (0.5, "no_defense"),
         (0.5, "filter"),
     }
-    assert "RTR vs recall" in (tmp_path / "report.html").read_text()
+    # one recall so far: the plot is per method, not over a one-point recall axis
+    assert 'alt="RTR by method"' in (tmp_path / "report.html").read_text()
 
     def counting(settings, sft_data, adapter_out, preferences=None):
         trained.append((adapter_out.parent.parent.name, settings.method))
