@@ -64,13 +64,14 @@ def _rows(recalls: list[float], seeds: list[int]) -> list[dict]:
 
 
 def _table(page: str, heading: str) -> list[list[str]]:
-    """A table as {first column(s) joined: row} for lookups, header under ''."""
+    """The rows (header first) of the page's table under the heading starting so."""
     tables = html_tables(page)
     (key,) = [k for k in tables if k.startswith(heading)]
     return tables[key]
 
 
 def _by_first(rows: list[list[str]], n: int = 1) -> dict:
+    """Body rows as {first cell (or first n cells): {header: cell}}."""
     header, body = rows[0], rows[1:]
     return {tuple(r[:n]) if n > 1 else r[0]: dict(zip(header, r)) for r in body}
 
