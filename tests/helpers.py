@@ -31,3 +31,47 @@ class StubDetector(Detector):
 def write_lines(path: Path, lines: list[str]) -> Path:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
+
+
+def html_tables(page: str) -> dict[str, list[list[str]]]:
+    """The tables of a report page, keyed by the text of the ``<h2>`` before each, as
+    rows of unescaped cell text (header row first)."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.tables: dict[str, list[list[str]]] = {}
+            self.heading: list[str] | None = None
+            self.last = ""
+            self.rows: list[list[str]] | None = None
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "h2":
+                self.heading = []
+            elif tag == "table":
+                self.rows = self.tables.setdefault(self.last, [])
+            elif tag == "tr" and self.rows is not None:
+                self.rows.append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag):
+            if tag == "h2" and self.heading is not None:
+                self.last, self.heading = "".join(self.heading).strip(), None
+            elif tag == "table":
+                self.rows = None
+            elif tag in ("td", "th") and self.cell is not None and self.rows:
+                self.rows[-1].append("".join(self.cell))
+                self.cell = None
+
+        def handle_data(self, data):
+            if self.heading is not None:
+                self.heading.append(data)
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables

@@ -80,12 +80,3 @@ def test_rtr_diff_interval_is_paired():
     assert rtr_interval(a)[1] - rtr_interval(a)[0] > 0.2
     with pytest.raises(ValueError, match="paired"):
         rtr_diff_interval([[1.0]], [])
-
-
-def test_report_error_bars_from_std_or_interval():
-    from optimus_lib.report.experiment import _spread
-
-    assert _spread({"r": 0.2, "r_std": 0.05}, "r") == (0.05, 0.05)
-    below, above = _spread({"r": 0.2, "r_std": None, "r_lo": 0.1, "r_hi": 0.35}, "r")
-    assert below == pytest.approx(0.1) and above == pytest.approx(0.15)
-    assert _spread({"r": 0.2}, "r") == (0.0, 0.0)

@@ -191,14 +191,51 @@ def _check_data(trainer, stage: str, max_length: int) -> None:
         )
 
 
+# What Trainer.save_model writes next to the adapter that is not part of it: the training
+# arguments as a pickle (adapter folders hold safetensors and JSON only; registries copy
+# them whole), and each other adapter of the model in a subfolder (TRL's frozen "ref").
+_NOT_ADAPTER = ("training_args.bin",)
+
+
+def _save_adapter(trainer, folder: Path) -> None:
+    """Save the trained "default" adapter and the tokenizer; called on every process.
+
+    Trainer.save_model is the Accelerate path: under ZeRO-3 it gathers the partitioned
+    parameters and under FSDP the sharded ones (collectives every rank must join), then
+    writes on the main process only. Saving from the main process alone would hang on
+    those gathers or write one rank's shard. Under FSDP a SHARDED_STATE_DICT setting
+    (faster intermediate checkpoints) makes save_model write no weights at all, so the
+    final save switches to the full state dict first.
+    """
+    if getattr(trainer, "is_fsdp_enabled", False):
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(folder))
+    if not trainer.accelerator.is_main_process:
+        return
+    for p in folder.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.name in _NOT_ADAPTER:
+            p.unlink()
+    if not (folder / "adapter_model.safetensors").is_file():
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            f"training finished but no adapter weights were written to {folder} (under "
+            "DeepSpeed ZeRO-3 set zero3_save_16bit_model: true in the accelerate config)"
+        )
+
+
 def _finish(trainer, out: Path, card: dict[str, Any]) -> Path:
-    """Save the adapter atomically, drop checkpoints, write a small model card."""
+    """Save the adapter atomically (every process joins the save), drop checkpoints,
+    write a small model card."""
     final = out / "adapter"
+    tmp = out / "adapter.tmp"
     if trainer.accelerator.is_main_process:
-        tmp = out / "adapter.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
-        trainer.processing_class.save_pretrained(str(tmp))
+    trainer.accelerator.wait_for_everyone()
+    _save_adapter(trainer, tmp)
+    if trainer.accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
