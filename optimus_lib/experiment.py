@@ -2,13 +2,13 @@
 
 The paper's robustness table at small scale. ``pipelines/experiment.py`` runs it as a
 KFP pipeline (``optimus experiment CONFIG.yaml`` under kfp.local; ``make submit`` on a
-cluster): per seed, one prepare_data, one unweakened classify and one heal of everything
-it flags; per arm (seed, recall, method), :func:`optimus_lib.stages.arms.arm_inputs`
-re-thresholds the stored scores at the detector recall, reuses the seed's healed replies,
-then dpo_train and evaluate; :func:`compare` gathers every arm's evaluation into one
-table with bootstrap intervals and the paired difference to no_defense of the same seed.
-no_defense ignores the detector, so it runs once per seed and its row is repeated at
-every recall.
+cluster): per seed, one prepare_data, one classify (weakened to the highest recall any
+arm uses) and one heal of everything it flags; per arm (seed, recall, method),
+:func:`optimus_lib.stages.arms.arm_inputs` re-thresholds the stored scores at the
+detector recall, reuses the seed's healed replies, then dpo_train and evaluate;
+:func:`compare` gathers every arm's evaluation into one table with bootstrap intervals
+and the paired difference to no_defense of the same seed. no_defense ignores the
+detector, so it runs once per seed and its row is repeated at every recall.
 
 This module holds what the pipeline needs from the library: the validated sweep
 (:class:`ExperimentConfig`, which becomes the pipeline's parameters), the comparison and
@@ -156,9 +156,13 @@ class ExperimentConfig(Strict):
             "gates": {},
         }
         p = self.promote
+        top = max(self.recalls)
         args.update(
             name=self.name,
             seeds=list(self.seeds),
+            # scan once at the highest recall any arm uses: heal then writes only replies
+            # some arm trains on (lower recalls re-threshold a subset of the flagged)
+            scan_recall=0.0 if top >= 1.0 else top,
             arms=self.arms(),
             promote_method=p.method if p else "",
             promote_gates=p.gates.model_dump(exclude_none=True) if p else {},

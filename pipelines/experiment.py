@@ -1,6 +1,7 @@
 """The experiment pipeline: the paper's robustness table as one KFP run.
 
-Loop 1, per seed: prepare_data -> classify (unweakened) -> heal (everything it flags).
+Loop 1, per seed: prepare_data -> classify (at the highest recall any arm uses) -> heal
+(everything it flags).
 seed_bank gathers those outputs into one artifact (KFP cannot hand a list collected from
 one loop to the tasks of another). Loop 2, per arm (seed, detector recall, method):
 arm_inputs (re-threshold the stored scores at the recall, reuse the seed's healed
@@ -71,6 +72,7 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
         detector: str = "llm-judge",
         rescore_detector: str = "",
         train_uri: str = "",
+        scan_recall: float = 0.0,
         data_settings: dict = {},  # noqa: B006
         classify_settings: dict = {},  # noqa: B006
         heal_settings: dict = {},  # noqa: B006
@@ -92,7 +94,7 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
     ) -> ExperimentOutputs:
         """Compares training methods at several detector recalls and seeds on the same data.
 
-        The robustness table of the defense: per seed the data, an unweakened scan and its
+        The robustness table of the defense: per seed the data, one scan and its
         heal are made once; each arm re-thresholds the scan at its detector recall, trains
         its method and is evaluated by an evaluator independent of the detector. The
         comparison shows every method side by side with bootstrap intervals and the paired
@@ -108,6 +110,8 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
             detector: Classify's detector (e.g. ``oracle+wordlist`` to simulate recall).
             rescore_detector: Heal's re-score detector; empty: ``detector``.
             train_uri: Training JSONL; empty: the bundled poisoned benchmark.
+            scan_recall: Weaken the seeds' scan to the highest recall any arm uses, so
+                heal writes only replies some arm trains on; 0: as it is (an arm at 1).
             data_settings: Other DataSettings fields.
             classify_settings: Other ClassifySettings fields.
             heal_settings: Other HealSettings fields.
@@ -151,6 +155,7 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
                 dialogs=data.outputs["train"],
                 detector=detector,
                 model=judge_model,
+                target_recall=scan_recall,
                 cache_dir=cache_dir,
                 settings=classify_settings,
             )

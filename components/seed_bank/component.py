@@ -27,7 +27,7 @@ def seed_bank(
         train: prepare_data's training sets, one per seed (``dsl.Collected``).
         eval_toxic: prepare_data's held-out toxic contexts, one per seed.
         eval_benign: prepare_data's held-out benign dialogs, one per seed.
-        scored: classify's unweakened scans, one per seed (metadata holds the threshold).
+        scored: classify's scans, one per seed (metadata holds the threshold).
         sft_data: heal's SFT sets, one per seed.
         preferences: heal's preference pairs, one per seed.
         bank: A folder ``seed<S>/{train,eval_toxic,eval_benign,scored,sft,prefs}.jsonl``

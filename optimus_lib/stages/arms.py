@@ -2,10 +2,11 @@
 training inputs from them.
 
 The robustness experiment compares training methods at several detector recalls and
-seeds on the same data. The expensive stages run once per seed (prepare_data, an
-unweakened classify, a heal of everything it flags); each arm (seed, recall, method)
-then only re-thresholds the stored scores, takes its healed replies from the seed's heal
-(by content, nothing is generated again) and trains. Two stage functions do the plumbing:
+seeds on the same data. The expensive stages run once per seed (prepare_data, a classify
+at the highest recall any arm uses, a heal of everything it flags); each arm (seed,
+recall, method) then only re-thresholds the stored scores, takes its healed replies from
+the seed's heal (by content, nothing is generated again) and trains. Two stage functions
+do the plumbing:
 
 * :func:`bank_seeds` gathers every seed's files into one folder (``seed<S>/<part>.jsonl``
   plus ``seed<S>/threshold.json``): KFP cannot hand a list collected from one loop to the
@@ -26,7 +27,7 @@ from typing import Any
 from optimus_lib.data.io import atomic_path, write_json
 from optimus_lib.errors import OptimusError
 
-# What each seed contributes to the bank: prepare_data's three sets, the unweakened scan
+# What each seed contributes to the bank: prepare_data's three sets, the seed's scan
 # and its heal (SFT set and preference pairs).
 BANK_PARTS = ("train", "eval_toxic", "eval_benign", "scored", "sft", "prefs")
 # Methods trained on the contextual heal of the seed (its replies are reused per arm).
