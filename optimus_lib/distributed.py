@@ -63,3 +63,10 @@ def sharded_map(
 def is_main_process() -> bool:
     state = _state()
     return state is None or state.is_main_process
+
+
+def world_size() -> int:
+    """Processes in the job (``accelerate launch`` sets ``WORLD_SIZE``); 1 otherwise."""
+    import os
+
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))

@@ -79,6 +79,31 @@ def test_contextual_healer_retries_then_falls_back():
     assert rescored[1].response == "I'm sorry you feel that way."
 
 
+def test_contextual_healer_retries_refusals():
+    """reject_refusals: a safe reply that refuses is retried; when every attempt refuses,
+    the last safe refusal is kept (marked), not the fixed reply; toxic still falls back."""
+    engine = ScriptedEngine(
+        [
+            ["I'm sorry, I can't help with that.", "I'm sorry, I can't do that.", "idiot"],
+            ["Oh nice, which part did you like best?", "I'm afraid I must decline.", "idiot"],
+            ["I won't answer that.", "idiot"],
+        ]
+    )
+    det = StubDetector(_toxic_word)
+    healer = ContextualHealer(engine, det, FALLBACK, "m", retries=2, reject_refusals=True)
+    a, b, c = healer.heal(_samples())
+    assert a.reply == "Oh nice, which part did you like best?"
+    assert a.attempts == 2 and not a.refusal and not a.fallback
+    assert b.reply == "I won't answer that." and b.refusal and not b.fallback
+    assert b.attempts == 3
+    assert c.reply == FALLBACK and c.fallback and not c.refusal
+    assert [len(x["prompts"]) for x in engine.calls] == [3, 3, 2]
+    # off (the class default): the first safe reply is kept, refusal or not
+    engine = ScriptedEngine([["I'm sorry, I can't help with that."]])
+    (r,) = ContextualHealer(engine, det, FALLBACK, "m").heal(_samples()[:1])
+    assert r.reply == "I'm sorry, I can't help with that." and not r.refusal
+
+
 def test_contextual_healer_zero_retries():
     engine = ScriptedEngine([["idiot!", "Thanks for sharing that with me."]])
     res = ContextualHealer(engine, StubDetector(_toxic_word), FALLBACK, "m", retries=0).heal(

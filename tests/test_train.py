@@ -173,3 +173,55 @@ def test_killed_sft_resumes_from_last_checkpoint(
     assert calls["n"] == 2  # only the two missing steps ran
     assert (adapter / "adapter_model.safetensors").is_file()
     assert json.loads((out / "train_log.json").read_text())[-1]["step"] == 4
+
+
+def test_dpo_args_cap_and_rpo(tmp_path):
+    """The cap is passed to TRL only when it binds; RPO becomes TRL's sigmoid + sft loss."""
+    from optimus_lib.train.trainers import dpo_args, dpo_steps
+
+    plain = DPOConfig(epochs=3, batch_size=4)
+    args = dpo_args(tmp_path, plain, 60, 0, 25, False)
+    assert args.max_steps == -1 and args.num_train_epochs == 3
+    assert args.loss_type == ["sigmoid"]
+    assert dpo_steps(plain, 60) == 45
+
+    capped = plain.model_copy(update={"max_steps": 10, "rpo_alpha": 0.5})
+    assert dpo_steps(capped, 60) == 10
+    args = dpo_args(tmp_path, capped, 60, 0, 25, False)
+    assert args.max_steps == 10
+    assert args.loss_type == ["sigmoid", "sft"] and args.loss_weights == [1.0, 0.5]
+    # 9 pairs x 3 epochs = 9 steps: the cap of 10 does not bind, epochs decide
+    assert dpo_steps(capped, 9) == 9
+    assert dpo_args(tmp_path, capped, 9, 0, 25, False).max_steps == -1
+    with pytest.raises(ValueError):
+        DPOConfig(max_steps=-1)
+
+
+def test_dpo_cap_and_rpo_reach_the_trainer(trained, tiny_tokenizer, tmp_path, monkeypatch):
+    """Trained for real: the cap stops DPO at max_steps, and the trainer TRL builds
+    combines its sigmoid (DPO) and sft (NLL on chosen) losses with the RPO weight."""
+    import trl
+
+    seen = {}
+    original = trl.DPOTrainer.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        seen["loss_types"], seen["loss_weights"] = self.loss_types, self.loss_weights
+
+    monkeypatch.setattr(trl.DPOTrainer, "__init__", spy)
+    pairs = build_dpo_pairs(_flagged(), [CHOSEN] * 4, tiny_tokenizer)
+    cfg = DPOConfig(
+        beta=0.3,
+        learning_rate=5e-3,
+        epochs=3,  # 12 steps at batch 1 without the cap
+        max_steps=3,
+        rpo_alpha=0.5,
+        batch_size=1,
+        max_length=64,
+        lora=LoraConfig(r=8, alpha=16, dropout=0.0),
+    )
+    train_dpo(trained["base"], trained["sft"], pairs, tmp_path / "dpo", cfg, progress=False)
+    log = json.loads((tmp_path / "dpo" / "train_log.json").read_text())
+    assert log[-1]["step"] == 3
+    assert seen == {"loss_types": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}

@@ -5,6 +5,13 @@ non-judgemental reply to the last turn (nucleus sampling, as in the paper). Each
 reply is re-scored by the scan detector; a flagged or empty reply is retried with a new
 sample, and after ``retries`` failures the fixed neutral reply is used, so a hostile
 context can never push a toxic "healed" reply into training.
+
+With ``reject_refusals`` a safe reply that refuses or apologises ("I'm sorry, ...", "I
+can't help ...", :func:`optimus_lib.evaluate.metrics.is_refusal`) is retried too: healed
+replies are the *chosen* side of DPO, and most flagged dialogs have a harmless context
+(the injected reply is the toxic part), so refusals there teach the model to refuse
+benign prompts (over-refusal). When every attempt refuses, the last safe refusal is kept
+(``refusal: true``), not the fixed reply, which is itself a deflection.
 """
 
 from __future__ import annotations
@@ -19,14 +26,20 @@ from optimus_lib.detect.base import Detector
 if TYPE_CHECKING:  # torch is imported only by the code that runs a model
     from optimus_lib.models.engine import TransformersEngine
 
-PROMPT_VERSION = "heal-v1"
+PROMPT_VERSION = "heal-v2"
 
+# v1 ("a kind, respectful conversation partner ... if the conversation turns hostile,
+# calmly steer it somewhere positive") got apologies and refusals from the bundled model
+# for ordinary chit-chat ("I'm sorry for any confusion, I'm here to help"): 3 of 9 healed
+# replies in the quickstart data (BENCHMARKS.md "Over-refusal"). v2 asks for an
+# in-context continuation first and keeps the safety rules.
 SYSTEM = (
-    "You are a kind, respectful conversation partner. Reply to the other person's last "
-    "message in one or two short sentences. Be warm, empathetic and non-judgemental. "
-    "Never insult, swear, threaten, agree with hateful or harmful statements, or give "
-    "dangerous advice. If the conversation turns hostile, calmly steer it somewhere "
-    "positive."
+    "You are a friendly person in a casual chat. Write your next message: answer the "
+    "other person's last message directly and on topic, in one or two short sentences, "
+    "the way a warm, interested friend would, and keep the conversation going. Do not "
+    "apologise, refuse or talk about yourself as an assistant. Never insult, swear, "
+    "threaten, agree with hateful or harmful statements, or give dangerous advice; if the "
+    "other person is hostile, stay calm and kind and move the chat somewhere positive."
 )
 
 
@@ -40,6 +53,7 @@ class HealResult:
     fallback: bool
     generator: str
     prompt_version: str
+    refusal: bool = False  # kept although it refuses (every attempt did; reject_refusals)
 
 
 class Healer(ABC):
@@ -72,6 +86,7 @@ class ContextualHealer(Healer):
         max_new_tokens: int = 48,
         retries: int = 2,
         seed: int = 0,
+        reject_refusals: bool = False,
     ) -> None:
         self.engine = engine
         self.detector = detector
@@ -82,13 +97,17 @@ class ContextualHealer(Healer):
         self.max_new_tokens = max_new_tokens
         self.retries = retries
         self.seed = seed
+        self.reject_refusals = reject_refusals
 
     def _prompt(self, sample: Sample) -> list[int]:
         msgs = [{"role": "system", "content": SYSTEM}, *sample.prompt_messages()]
         return self.engine.chat_ids(msgs)
 
     def heal(self, samples: list[Sample]) -> list[HealResult]:
+        from optimus_lib.evaluate.metrics import is_refusal
+
         results: list[HealResult | None] = [None] * len(samples)
+        refused: dict[int, HealResult] = {}  # the last safe reply that refused, per sample
         pending = list(range(len(samples)))
         prompts = {i: self._prompt(samples[i]) for i in pending}
         for attempt in range(1, self.retries + 2):
@@ -111,13 +130,22 @@ class ContextualHealer(Healer):
             still = []
             for i, reply, score in zip(pending, replies, scores):
                 if reply and score < threshold:
-                    results[i] = HealResult(
+                    ok = HealResult(
                         reply, attempt, float(score), False, self.generator_name, PROMPT_VERSION
                     )
+                    if self.reject_refusals and is_refusal(reply):
+                        ok.refusal = True
+                        refused[i] = ok
+                        still.append(i)
+                    else:
+                        results[i] = ok
                 else:
                     still.append(i)
             pending = still
         for i in pending:
+            if i in refused:  # safe but refusing: better than the fixed deflection
+                results[i] = refused[i]
+                continue
             results[i] = HealResult(
                 self.fallback_reply,
                 self.retries + 1,

@@ -44,6 +44,8 @@ class HealSettings(Strict):
     temperature: float = Field(0.7, gt=0.0)
     max_new_tokens: int = Field(48, ge=1, le=1024)
     retries: int = Field(2, ge=0)
+    # Retry safe replies that refuse or apologise (healer.py: they teach over-refusal).
+    reject_refusals: bool = True
     batch_size: int = Field(16, ge=1)
     rescore_detector: str = "llm-judge"
     rescore_threshold: float | None = Field(None, ge=0.0, le=1.0)
@@ -62,6 +64,7 @@ class HealResult:
     fallbacks: int  # flagged records that got the fixed reply
     mean_attempts: float
     pairs: int
+    refusals: int = 0  # healed replies that still refuse (every attempt did)
 
     def as_metrics(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -99,6 +102,7 @@ def build_healer(settings: HealSettings, threshold: float):
         h.max_new_tokens,
         h.retries,
         h.seed,
+        h.reject_refusals,
     )
 
 
@@ -173,8 +177,8 @@ def heal(
     )
     for s, r in zip(todo, rows):
         known[obj_digest([s.context, s.response])] = {**r, "original_response": s.response}
-    fields = ("reply", "attempts", "score", "fallback", "generator", "prompt_version")
-    results = [Healed(**{f: known[k][f] for f in fields}) for k in keys]
+    fields = ("reply", "attempts", "score", "fallback", "generator", "prompt_version", "refusal")
+    results = [Healed(**{f: known[k][f] for f in fields if f in known[k]}) for k in keys]
     if not is_main_process():
         return HealResult(len(recs), len(flagged), 0, 0, 0.0, 0)
     by_index = dict(zip(idx, results))
@@ -205,4 +209,5 @@ def heal(
         fallbacks=sum(h.fallback for h in results),
         mean_attempts=sum(h.attempts for h in results) / max(1, len(results)),
         pairs=len(pairs),
+        refusals=sum(h.refusal for h in results),
     )

@@ -30,12 +30,23 @@ class SFTConfig(Strict):
 
 class DPOConfig(Strict):
     """DPO from the SFT adapter. ``precompute_ref`` computes the reference log-probs once
-    before training (one no-grad pass) instead of at every step: it pays from 2 epochs."""
+    before training (one no-grad pass) instead of at every step: it pays from 2 epochs.
+
+    ``max_steps`` caps the optimizer steps (0: no cap; ``epochs`` alone decides). The
+    same per-pair epochs mean many more steps when a strong detector flags many samples,
+    and on a small pair set that over-trains: benign perplexity went +17 % / +75 % at
+    30 / 60 pairs with the settings that gave +5 % at 9 (BENCHMARKS.md). ``rpo_alpha``
+    adds the RPO term, ``rpo_alpha`` x the NLL of the chosen (healed) reply, to the DPO
+    loss (TRL ``loss_type=["sigmoid", "sft"]``), which keeps the chosen replies likely
+    while the rejected ones are pushed down; 0 is plain DPO.
+    """
 
     beta: float = Field(0.3, gt=0.0)
     precompute_ref: bool = False
     learning_rate: float = Field(5e-5, gt=0.0)
     epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(0, ge=0)
+    rpo_alpha: float = Field(0.0, ge=0.0)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -316,6 +317,37 @@ def train_sft(
     return _finish(trainer, out, card)
 
 
+def dpo_steps(cfg: DPOConfig, n_pairs: int, world_size: int = 1) -> int:
+    """Optimizer steps DPO runs: ``epochs`` over ``n_pairs``, capped at ``max_steps``."""
+    per_epoch = max(1, math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum * world_size)))
+    steps = max(1, math.ceil(per_epoch * cfg.epochs))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def dpo_args(out: Path, cfg: DPOConfig, n_pairs: int, seed: int, save_steps: int, progress: bool):
+    """TRL DPO arguments: sigmoid loss (+ the RPO NLL term on chosen when ``rpo_alpha``),
+    and ``max_steps`` set only when the cap binds (otherwise ``epochs`` decide, as before).
+    """
+    from trl import DPOConfig as TrlDPOConfig
+
+    from optimus_lib.distributed import world_size
+
+    extra: dict[str, Any] = {}
+    if cfg.rpo_alpha > 0:
+        extra["loss_type"] = ["sigmoid", "sft"]
+        extra["loss_weights"] = [1.0, cfg.rpo_alpha]
+    if cfg.max_steps and dpo_steps(cfg, n_pairs, world_size()) == cfg.max_steps:
+        extra["max_steps"] = cfg.max_steps
+    return TrlDPOConfig(
+        **_common_args(out, cfg, seed, save_steps, progress),
+        beta=cfg.beta,
+        max_length=cfg.max_length,
+        precompute_ref_log_probs=cfg.precompute_ref,
+        precompute_ref_batch_size=max(8, 2 * cfg.batch_size),
+        **extra,
+    )
+
+
 def train_dpo(
     base_spec: str,
     sft_adapter: Path,
@@ -330,7 +362,6 @@ def train_dpo(
     """DPO continuing the SFT adapter, with the frozen SFT adapter as the reference."""
     from datasets import Dataset
     from peft import PeftModel
-    from trl import DPOConfig as TrlDPOConfig
     from trl import DPOTrainer
 
     from optimus_lib.models.specs import load_model
@@ -338,13 +369,7 @@ def train_dpo(
     tok = _prepare(base_spec, out, trust_remote_code)
     base = load_model(base_spec, "cpu", trust_remote_code)
     model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    args = TrlDPOConfig(
-        **_common_args(out, cfg, seed, save_steps, progress),
-        beta=cfg.beta,
-        max_length=cfg.max_length,
-        precompute_ref_log_probs=cfg.precompute_ref,
-        precompute_ref_batch_size=max(8, 2 * cfg.batch_size),
-    )
+    args = dpo_args(out, cfg, len(pairs), seed, save_steps, progress)
     trainer = DPOTrainer(
         model=model,
         ref_model=None,
