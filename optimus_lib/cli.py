@@ -147,8 +147,9 @@ def scan(
         typer.Option(
             "--detector",
             "-d",
-            help="Detector name: llm-judge (default), lexical, wordlist, hf-classifier, "
-            "oracle; 'a+b' = mean, 'max(a,b)' = max.",
+            help="Detector name: auto (default: llm-judge when --model names a judge other "
+            "than the bundled one, else stack), stack, llm-judge, lexical, wordlist, "
+            "hf-classifier, oracle; 'a+b' = mean, 'max(a,b)' = max.",
         ),
     ] = None,
     model: Annotated[
@@ -248,7 +249,11 @@ def heal(
     mode: Annotated[str | None, typer.Option(help="contextual (aligned model) or fixed.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Healer model spec.")] = None,
     detector: Annotated[
-        str | None, typer.Option(help="Re-scores healed replies (default llm-judge).")
+        str | None,
+        typer.Option(
+            help="Re-scores healed replies (default auto: llm-judge with a non-bundled "
+            "--model, else stack)."
+        ),
     ] = None,
     retries: Annotated[
         int | None,

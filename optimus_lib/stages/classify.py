@@ -27,9 +27,10 @@ class ClassifySettings(Strict):
     """Which detector flags dialogs, and at what threshold."""
 
     detector: str = Field(
-        "llm-judge",
-        description="llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' mean, "
-        "'max(a,b)' max ensemble",
+        "auto",
+        description="auto (llm-judge when 'model' is a judge other than the bundled one, "
+        "else stack), stack, llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' "
+        "mean, 'max(a,b)' max ensemble",
     )
     model: str = BUNDLED_MODEL  # judge model (llm-judge) or classifier (hf-classifier)
     threshold: float = Field(0.5, ge=0.0, le=1.0)

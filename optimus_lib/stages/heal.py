@@ -45,7 +45,7 @@ class HealSettings(Strict):
     max_new_tokens: int = Field(48, ge=1, le=1024)
     retries: int = Field(2, ge=0)
     batch_size: int = Field(16, ge=1)
-    rescore_detector: str = "llm-judge"
+    rescore_detector: str = "auto"  # llm-judge with a non-bundled model, else stack
     rescore_threshold: float | None = Field(None, ge=0.0, le=1.0)
     fixed_reply: str = FIXED_REPLY
     seed: int = 0
