@@ -217,7 +217,7 @@ def scan(
         return
     if res.calibration:
         out.print(f"calibrated threshold ({res.calibration['method']}): {res.threshold:.4f}")
-    out.print(f"scanned {res.n} dialogs, flagged {res.flagged} -> {output}")
+    out.print(f"scanned {res.n} dialogs with {res.detector}, flagged {res.flagged} -> {output}")
     q = res.quality
     if q:
         out.print(

@@ -78,7 +78,10 @@ def classify(
         {
             "rows": result.n,
             "flagged": result.flagged,
-            "detector": {"name": s.detector, **{k: summary[k] for k in quality if k in summary}},
+            "detector": {
+                "name": result.detector,
+                **{k: summary[k] for k in quality if k in summary},
+            },
         }
     )
     return result.threshold

@@ -72,6 +72,13 @@ def resolve_auto(model: str | None) -> str:
     return "stack" if not model or model.strip() == BUNDLED_MODEL else "llm-judge"
 
 
+def resolved_name(name: str, model: str | None) -> str:
+    """``name`` with every ``auto`` replaced by what it stands for (for lineage/reports)."""
+    import re
+
+    return re.sub(r"(?<![\w-])auto(?![\w-])", resolve_auto(model), name.strip())
+
+
 def known_detectors() -> list[str]:
     return sorted({*DETECTORS, *BUILTIN, AUTO})
 

@@ -57,6 +57,7 @@ class ClassifyResult:
     threshold: float
     n: int
     flagged: int
+    detector: str = ""  # the detector that scored, ``auto`` resolved
     quality: dict[str, float] | None = None  # precision, recall, AUC... when labelled
     roc: dict[str, list[float]] | None = None
     calibration: dict[str, Any] | None = field(default=None)
@@ -147,10 +148,13 @@ def classify(settings: ClassifySettings, dialogs: Path, scored_out: Path) -> Cla
                 for x, v, f in zip(samples, scores, flags)
             ],
         )
+    from optimus_lib.detect.base import resolved_name
+
     return ClassifyResult(
         threshold=float(threshold),
         n=len(samples),
         flagged=sum(flags),
+        detector=resolved_name(s.detector, s.model),
         quality=classification_metrics(labels, scores, threshold),
         roc=roc_points(labels, scores),
         calibration=calibration,
