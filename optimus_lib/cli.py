@@ -164,8 +164,9 @@ def scan(
         typer.Option(
             "--detector",
             "-d",
-            help="Detector name: llm-judge (default), lexical, wordlist, hf-classifier, "
-            "oracle; 'a+b' = mean, 'max(a,b)' = max.",
+            help="Detector name: auto (default: llm-judge when --model names a judge other "
+            "than the bundled one, else stack), stack, llm-judge, lexical, wordlist, "
+            "hf-classifier, oracle; 'a+b' = mean, 'max(a,b)' = max.",
         ),
     ] = None,
     model: Annotated[
@@ -233,7 +234,7 @@ def scan(
         return
     if res.calibration:
         out.print(f"calibrated threshold ({res.calibration['method']}): {res.threshold:.4f}")
-    out.print(f"scanned {res.n} dialogs, flagged {res.flagged} -> {output}")
+    out.print(f"scanned {res.n} dialogs with {res.detector}, flagged {res.flagged} -> {output}")
     q = res.quality
     if q:
         out.print(
@@ -265,7 +266,11 @@ def heal(
     mode: Annotated[str | None, typer.Option(help="contextual (aligned model) or fixed.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Healer model spec.")] = None,
     detector: Annotated[
-        str | None, typer.Option(help="Re-scores healed replies (default llm-judge).")
+        str | None,
+        typer.Option(
+            help="Re-scores healed replies (default auto: llm-judge with a non-bundled "
+            "--model, else stack)."
+        ),
     ] = None,
     retries: Annotated[
         int | None,

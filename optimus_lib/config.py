@@ -61,7 +61,7 @@ class PipelineSettings(Strict):
     model: str = BUNDLED_MODEL  # the chat model fine-tuned and evaluated
     judge_model: str = BUNDLED_MODEL  # the aligned model: llm-judge and healer
     seed: int = 0
-    detector: str = "llm-judge"
+    detector: str = "auto"  # llm-judge when judge_model is not the bundled one, else stack
     method: Method = "optimus"
     data: DataSettings = DataSettings()
     classify: ClassifySettings = ClassifySettings()

@@ -114,7 +114,7 @@ def defense_pipeline(
     revision: str = "",
     judge_model: str = "smollm2-135m-instruct",
     seed: int = 0,
-    detector: str = "llm-judge",
+    detector: str = "auto",
     rescore_detector: str = "",
     method: str = "optimus",
     train_uri: str = "",

@@ -33,8 +33,9 @@ def classify(
         metrics: n, flagged, flag_rate, threshold; precision, recall, f1, fpr, auc when
             the records carry labels.
         classification: ROC curve and confusion matrix (labelled records only).
-        detector: llm-judge, lexical, wordlist, hf-classifier, oracle, or an ensemble
-            ('a+b', 'max(a,b)'); empty: ``settings.detector`` (default llm-judge).
+        detector: auto, stack, llm-judge, lexical, wordlist, hf-classifier, oracle, or an
+            ensemble ('a+b', 'max(a,b)'); empty: ``settings.detector`` (default auto:
+            llm-judge when ``model`` is a judge other than the bundled one, else stack).
         model: Judge model (llm-judge) or classifier (hf-classifier): bundled name, local
             folder or hub id; empty: ``settings.model`` (default the bundled model).
         revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
@@ -77,7 +78,10 @@ def classify(
         {
             "rows": result.n,
             "flagged": result.flagged,
-            "detector": {"name": s.detector, **{k: summary[k] for k in quality if k in summary}},
+            "detector": {
+                "name": result.detector,
+                **{k: summary[k] for k in quality if k in summary},
+            },
             # the data's seed, when its producer recorded one (experiment fan-in)
             **{k: dialogs.metadata[k] for k in ("seed",) if k in dialogs.metadata},
         }

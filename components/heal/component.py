@@ -41,7 +41,7 @@ def heal(
         rescore_detector: Detector that re-scores healed replies (never the label-reading
             oracle); empty: ``settings.rescore_detector``, else ``detector``.
         detector: Classify's detector, the re-score detector when nothing else names one
-            (default llm-judge).
+            (default auto: llm-judge with a non-bundled ``model``, else stack).
         model: The aligned model that writes healed replies; empty: ``settings.model``.
         revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
         seed: Sampling seed; -1: ``settings.seed`` (default 0).

@@ -55,11 +55,32 @@ BUILTIN: dict[str, str] = {
     "wordlist": "optimus_lib.detect.wordlist",
     "hf-classifier": "optimus_lib.detect.hf_classifier",
     "oracle": "optimus_lib.detect.oracle",
+    "stack": "optimus_lib.detect.stack",
 }
+
+# ``auto`` (the default everywhere) picks the LLM judge only when a judge model other than
+# the bundled 135M one is configured: that one is at chance on labelled data
+# (BENCHMARKS.md, "Default detector"), so without a capable judge the calibrated offline
+# ``stack`` detector scores instead.
+AUTO = "auto"
+
+
+def resolve_auto(model: str | None) -> str:
+    """The detector ``auto`` stands for, given the configured judge model."""
+    from optimus_lib.settings import BUNDLED_MODEL
+
+    return "stack" if not model or model.strip() == BUNDLED_MODEL else "llm-judge"
+
+
+def resolved_name(name: str, model: str | None) -> str:
+    """``name`` with every ``auto`` replaced by what it stands for (for lineage/reports)."""
+    import re
+
+    return re.sub(r"(?<![\w-])auto(?![\w-])", resolve_auto(model), name.strip())
 
 
 def known_detectors() -> list[str]:
-    return sorted({*DETECTORS, *BUILTIN})
+    return sorted({*DETECTORS, *BUILTIN, AUTO})
 
 
 def register(name: str):
@@ -74,7 +95,8 @@ def register(name: str):
 
 def build_detector(name: str, options: DetectorOptions | None = None) -> Detector:
     """Build a detector by registry name; ``a+b`` is the mean ensemble of ``a`` and ``b``,
-    ``max(a,b)`` the max ensemble."""
+    ``max(a,b)`` the max ensemble, ``auto`` the LLM judge when ``options.model`` names a
+    judge other than the bundled one and ``stack`` otherwise."""
     from optimus_lib.detect.ensemble import EnsembleDetector
 
     opts = options or DetectorOptions()
@@ -86,6 +108,8 @@ def build_detector(name: str, options: DetectorOptions | None = None) -> Detecto
         parts = [p.strip() for p in name.split("+")]
         det = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="mean")
     else:
+        if name == AUTO:
+            name = resolve_auto(opts.model)
         if name not in DETECTORS and name in BUILTIN:
             import importlib
 

@@ -27,9 +27,10 @@ class ClassifySettings(Strict):
     """Which detector flags dialogs, and at what threshold."""
 
     detector: str = Field(
-        "llm-judge",
-        description="llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' mean, "
-        "'max(a,b)' max ensemble",
+        "auto",
+        description="auto (llm-judge when 'model' is a judge other than the bundled one, "
+        "else stack), stack, llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' "
+        "mean, 'max(a,b)' max ensemble",
     )
     model: str = BUNDLED_MODEL  # judge model (llm-judge) or classifier (hf-classifier)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
@@ -56,6 +57,7 @@ class ClassifyResult:
     threshold: float
     n: int
     flagged: int
+    detector: str = ""  # the detector that scored, ``auto`` resolved
     quality: dict[str, float] | None = None  # precision, recall, AUC... when labelled
     roc: dict[str, list[float]] | None = None
     calibration: dict[str, Any] | None = field(default=None)
@@ -146,10 +148,13 @@ def classify(settings: ClassifySettings, dialogs: Path, scored_out: Path) -> Cla
                 for x, v, f in zip(samples, scores, flags)
             ],
         )
+    from optimus_lib.detect.base import resolved_name
+
     return ClassifyResult(
         threshold=float(threshold),
         n=len(samples),
         flagged=sum(flags),
+        detector=resolved_name(s.detector, s.model),
         quality=classification_metrics(labels, scores, threshold),
         roc=roc_points(labels, scores),
         calibration=calibration,

@@ -47,7 +47,7 @@ class HealSettings(Strict):
     # Retry safe replies that refuse or apologise (healer.py: they teach over-refusal).
     reject_refusals: bool = True
     batch_size: int = Field(16, ge=1)
-    rescore_detector: str = "llm-judge"
+    rescore_detector: str = "auto"  # llm-judge with a non-bundled model, else stack
     rescore_threshold: float | None = Field(None, ge=0.0, le=1.0)
     fixed_reply: str = FIXED_REPLY
     seed: int = 0
