@@ -20,7 +20,6 @@ files belong to the images' user (uid 1000), not root.
 # No ``from __future__ import annotations``: kfp reads annotations as types.
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -80,6 +79,13 @@ def meta(run_dir: Path, task: str, output: str) -> dict:
     arts = executor_output(run_dir, task).get("artifacts", {}).get(output, {})
     items = arts.get("artifacts", [])
     return dict(items[0].get("metadata", {})) if items else {}
+
+
+def writable(path: Path) -> Path:
+    """A folder the images' user can write: the tasks create their run folders in it."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o777)
+    return path
 
 
 def docker_client():
@@ -212,10 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
         client = docker_client()
         labels = image_labels(client, IMAGES)
-        # The tasks run as uid 1000 and write under the pipeline root, which kfp.local
-        # (this process) creates: let both write it.
-        os.umask(0)
-        root.chmod(0o777)
+        # The tasks run as uid 1000 and create their folders under the pipeline root.
+        writable(root)
         print(f"==> images: {IMAGES['light']}, {IMAGES['torch']}; work folder {root}")
         t = time.monotonic()
         model = build_tiny_model(client, IMAGES["torch"], root)
@@ -224,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         from kfp import local
 
         # --- gates pass: register (light image) --------------------------------------
-        kfp_root = root / "kfp-passed"
+        kfp_root = writable(root / "kfp-passed")
         local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(kfp_root))
         passed = pipeline_args(root, model, gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0})
         passed.update(model_name="tiny-chat", model_version="v1")
@@ -262,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # --- gates fail: record_rejection (light image) ------------------------------
-        kfp_root = root / "kfp-failed"
+        kfp_root = writable(root / "kfp-failed")
         local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(kfp_root))
         failed = pipeline_args(
             root, model, evaluator="oracle", compare_base=False, gates={"max_rtr_toxic": 0.5}
