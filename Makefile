@@ -15,7 +15,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # setup.sh converts into and the tests use (override to share one across checkouts).
 export OPTIMUS_CACHE ?= $(CURDIR)/.cache/optimus
 
-.PHONY: help install quickstart test lint compile build-images push-images cluster-check submit
+.PHONY: help install quickstart test lint compile build-images push-images test-images \
+	lock-images cluster-check submit
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,11 +40,23 @@ lint: ## ruff check + format check, and the import guard (components light, no k
 compile: ## compile every component.yaml and pipelines/*.yaml (commit the result)
 	env -u OPTIMUS_REGISTRY $(PYTHON) -m pipelines.compile
 
-build-images: ## (not built yet: the images issue) build the images by family
-	@echo "make build-images: not yet: see issue 12" >&2; exit 1
+# Images (tools/images.py; names from components/images.py). docker when a daemon answers
+# (DOCKER_HOST), else buildah. Index settings come from PIP_INDEX_URL / PIP_EXTRA_INDEX_URL
+# in the environment; BASE_IMAGE=python:3.11-slim replaces the offline Debian base.
+TORCH_VARIANT ?= cpu
 
-push-images: ## (not built yet) push the images, pin digests in components/images.lock.json
-	@echo "make push-images: not yet: see issue 12" >&2; exit 1
+build-images: ## build the base (if missing), the optimus wheel, light and torch (TORCH_VARIANT=cpu|cuda); VLLM=1 adds vllm
+	$(PYTHON) tools/images.py build --torch-variant $(TORCH_VARIANT) $(if $(VLLM),--vllm)
+
+push-images: ## push the images to REGISTRY=host/path, pin their digests in components/images.lock.json (then make compile)
+	@test -n "$(REGISTRY)" || { echo "make push-images: give REGISTRY=host/path (e.g. REGISTRY=ghcr.io/me)" >&2; exit 2; }
+	$(PYTHON) tools/images.py push --registry "$(REGISTRY)" $(if $(VLLM),--vllm)
+
+test-images: ## run the whole defense pipeline in the built images (kfp.local DockerRunner, network off)
+	$(PYTHON) tools/test_images.py
+
+lock-images: ## re-resolve docker/*/requirements*.lock.txt from their requirements.in (needs the index)
+	$(PYTHON) tools/images.py lock
 
 # The cluster verbs (docs/cluster.md). NAMESPACE: where runs execute (standalone KFP:
 # kubeflow; multi-user: your profile namespace). They read the current kube context.

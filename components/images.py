@@ -4,7 +4,12 @@ Images go by dependency family, not by stage:
 
 * ``light``: optimus_lib without torch (prepare_data, register, record_rejection);
 * ``torch``: optimus_lib with torch, transformers, TRL and PEFT (classify, heal,
-  dpo_train, evaluate).
+  dpo_train, evaluate);
+* ``vllm`` (optional, ``make build-images VLLM=1``): the torch family's code on vLLM's
+  torch, for GPU tasks that set ``engine: vllm``; no component names it by default.
+
+Each family's Dockerfile is ``docker/<family>/Dockerfile``; they build ``FROM``
+:data:`BASE_IMAGE` (``docker/base/build.sh``) unless ``BASE_IMAGE`` is overridden.
 
 A name is ``{OPTIMUS_REGISTRY}/optimus-{family}:{version}``: the registry comes from the
 environment (default ``ghcr.io/optimus-defense``), the tag is the optimus_lib version, so a
@@ -24,7 +29,12 @@ from importlib import metadata
 from pathlib import Path
 
 DEFAULT_REGISTRY = "ghcr.io/optimus-defense"
+# The families the components run on (each has an entry in IMAGES) ...
 FAMILIES = ("light", "torch")
+# ... and the ones built only on request.
+OPTIONAL_FAMILIES = ("vllm",)
+# The offline-built Debian bookworm + Python base (docker/base/build.sh; local only).
+BASE_IMAGE = "optimus-base:bookworm"
 LOCK_FILE = Path(__file__).with_name("images.lock.json")
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,8 +57,9 @@ def registry() -> str:
 
 def image_name(family: str, version: str | None = None) -> str:
     """The tagged name of one family's image (what ``make build-images`` tags)."""
-    if family not in FAMILIES:
-        raise KeyError(f"unknown image family {family!r} (known: {', '.join(FAMILIES)})")
+    known = FAMILIES + OPTIONAL_FAMILIES
+    if family not in known:
+        raise KeyError(f"unknown image family {family!r} (known: {', '.join(known)})")
     return f"{registry()}/optimus-{family}:{version or library_version()}"
 
 
@@ -57,7 +68,8 @@ def locked() -> dict[str, str]:
     if not LOCK_FILE.is_file():
         return {}
     pins = json.loads(LOCK_FILE.read_text())
-    bad = {k: v for k, v in pins.items() if k not in FAMILIES or "@sha256:" not in str(v)}
+    known = FAMILIES + OPTIONAL_FAMILIES
+    bad = {k: v for k, v in pins.items() if k not in known or "@sha256:" not in str(v)}
     if bad:
         raise ValueError(f"{LOCK_FILE}: expected {{family: 'name@sha256:...'}}, got {bad}")
     return pins
@@ -71,4 +83,13 @@ def resolve() -> dict[str, str]:
 
 IMAGES: dict[str, str] = resolve()
 
-__all__ = ["DEFAULT_REGISTRY", "FAMILIES", "IMAGES", "image_name", "library_version", "resolve"]
+__all__ = [
+    "BASE_IMAGE",
+    "DEFAULT_REGISTRY",
+    "FAMILIES",
+    "IMAGES",
+    "OPTIONAL_FAMILIES",
+    "image_name",
+    "library_version",
+    "resolve",
+]

@@ -607,9 +607,9 @@ def models_bundled(
     ] = False,
 ) -> None:
     """Show the bundled model and its converted cache."""
-    from optimus_lib.models.specs import BUNDLED_NAMES, cache_dir, convert_bundled
+    from optimus_lib.models.specs import BUNDLED_NAMES, bundled_path, convert_bundled
 
-    path = cache_dir() / "models" / BUNDLED_NAMES[0]
+    path = bundled_path()
     if convert:
         path = convert_bundled()
     state = "converted" if (path / "model.safetensors").is_file() else "not converted yet"

@@ -227,7 +227,10 @@ def test_image_registry_from_env_and_digest_lock(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="sha256"):
         images.resolve()
     with pytest.raises(KeyError):
-        images.image_name("vllm")
+        images.image_name("gpu")
+    # the optional vLLM family has a name (make build-images VLLM=1) but no component uses it
+    assert images.image_name("vllm").endswith(f"/optimus-vllm:{images.library_version()}")
+    assert "vllm" not in images.resolve()
 
 
 def test_import_guard_is_clean():

