@@ -228,6 +228,7 @@ def test_image_registry_from_env_and_digest_lock(monkeypatch, tmp_path):
         images.resolve()
     with pytest.raises(KeyError):
         images.image_name("gpu")
+    lock.unlink()
     # the optional vLLM family has a name (make build-images VLLM=1) but no component uses it
     assert images.image_name("vllm").endswith(f"/optimus-vllm:{images.library_version()}")
     assert "vllm" not in images.resolve()
