@@ -148,9 +148,10 @@ def pipeline_args(root: Path, model: Path, **evaluate) -> dict:
 
 
 def run_pipeline(kfp_root: Path, args: dict) -> tuple[Path | None, str]:
-    """Run the defense pipeline; return its run folder (None if none) and any error."""
+    """Run the defense pipeline; return its new run folder (None if none) and any error."""
     from pipelines.defense import PIPELINE_NAME, defense_pipeline
 
+    before = set(kfp_root.glob(f"{PIPELINE_NAME}-*"))
     error = ""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*have no effect in the current local")
@@ -158,7 +159,7 @@ def run_pipeline(kfp_root: Path, args: dict) -> tuple[Path | None, str]:
             defense_pipeline(**args)
         except RuntimeError as exc:  # a task the runner saw fail
             error = str(exc).splitlines()[0]
-    runs = sorted(kfp_root.glob(f"{PIPELINE_NAME}-*"))
+    runs = sorted(set(kfp_root.glob(f"{PIPELINE_NAME}-*")) - before)
     return (runs[-1] if runs else None), error
 
 
@@ -228,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
         from kfp import local
 
         # --- gates pass: register (light image) --------------------------------------
-        kfp_root = writable(root / "kfp-passed")
-        local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(kfp_root))
+        # DockerRunner mounts only the pipeline root into a task's container: the model,
+        # the registry and the checkpoints live under it too.
+        local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(root))
         passed = pipeline_args(root, model, gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0})
         passed.update(model_name="tiny-chat", model_version="v1")
         t = time.monotonic()
-        run_dir, error = run_pipeline(kfp_root, passed)
+        run_dir, error = run_pipeline(root, passed)
         print(
             f"==> run 1 (gates pass) in {time.monotonic() - t:.0f} s{': ' + error if error else ''}"
         )
@@ -266,14 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         )
 
         # --- gates fail: record_rejection (light image) ------------------------------
-        kfp_root = writable(root / "kfp-failed")
-        local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(kfp_root))
         failed = pipeline_args(
             root, model, evaluator="oracle", compare_base=False, gates={"max_rtr_toxic": 0.5}
         )
         failed.update(model_name="tiny-rejected")
         t = time.monotonic()
-        run_dir, error = run_pipeline(kfp_root, failed)
+        run_dir, error = run_pipeline(root, failed)
         print(
             f"==> run 2 (gates fail) in {time.monotonic() - t:.0f} s{': ' + error if error else ''}"
         )
