@@ -215,7 +215,7 @@ def floors(prompts: list[list[int]], params: dict[str, int], flops: float, prefi
 
 # ---- quality -----------------------------------------------------------------------------
 def load_devset() -> list[Sample]:
-    text = resources.files("optimus").joinpath("resources/devset.jsonl").read_text("utf-8")
+    text = resources.files("optimus_lib").joinpath("resources/devset.jsonl").read_text("utf-8")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return [parse_record(json.loads(ln), i) for i, ln in enumerate(lines)]
 
