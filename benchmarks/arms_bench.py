@@ -233,7 +233,7 @@ def main() -> None:
         r = heal(heal_s, scored, cls["threshold"], sft, prefs)
         write_json(heal_json, r.as_metrics())
 
-    if "optimus" in args.arms:
+    if "optimus" in args.arms or args.dpo_variants:  # the variants train on the healed set
         timed("heal", heal_json.is_file(), do_heal)
         info["heal"] = json.loads(heal_json.read_text())
         from optimus_lib.data.io import read_jsonl
