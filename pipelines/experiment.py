@@ -148,7 +148,10 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
             cache_pvc=cache_pvc,
             hf_token_secret=hf_token_secret,
         )
-        with dsl.ParallelFor(seeds, name="seeds") as seed:
+        # kfp.local runs loop iterations side by side unless told otherwise: on a workstation
+        # two torch tasks on the same cores slow each other down several-fold, one at a time
+        seed_parallelism = None if kubernetes_settings else 1
+        with dsl.ParallelFor(seeds, parallelism=seed_parallelism, name="seeds") as seed:
             data = prepare_data(train_uri=train_uri, seed=seed, settings=data_settings)
             _resources(data, "prepare_data")
             scan = classify(
@@ -182,8 +185,7 @@ def build_experiment_pipeline(kubernetes_settings: bool = True):
         )
         _resources(bank, "register")
 
-        # kfp.local would run them side by side: one at a time on a workstation
-        parallelism = ARM_PARALLELISM if kubernetes_settings else 1
+        parallelism = ARM_PARALLELISM if kubernetes_settings else 1  # as for the seeds
         with dsl.ParallelFor(arms, parallelism=parallelism, name="arms") as arm:
             inputs = arm_inputs(
                 bank=bank.outputs["bank"],
