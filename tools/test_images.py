@@ -163,8 +163,10 @@ def run_pipeline(kfp_root: Path, args: dict) -> tuple[Path | None, str]:
     return (runs[-1] if runs else None), error
 
 
-def check_common(failures: list[str], run_dir: Path) -> None:
-    """What both runs share: prepare_data -> classify -> heal -> dpo_train -> evaluate."""
+def check_common(failures: list[str], run_dir: Path) -> dict:
+    """What both runs share: prepare_data -> classify -> heal -> dpo_train -> evaluate.
+
+    Returns the evaluation JSON, for the run's own gate checks."""
     for task in ("prepare-data", "classify", "heal", "dpo-train", "evaluate"):
         check(failures, bool(executor_output(run_dir, task)), f"{task}: executor_output.json")
     train = read_jsonl(run_dir / "prepare-data" / "train")
@@ -205,6 +207,20 @@ def check_common(failures: list[str], run_dir: Path) -> None:
     owners = {p.stat().st_uid for p in (run_dir / "dpo-train").rglob("*")}
     owners |= {p.stat().st_uid for p in (run_dir / "prepare-data").rglob("*")}
     check(failures, owners == {IMAGE_UID}, f"outputs written by uid {IMAGE_UID} (got {owners})")
+    return ev
+
+
+def run_and_check(failures: list[str], root: Path, args: dict, label: str) -> tuple[Path, dict]:
+    """Run the pipeline once, timed, with the checks every run shares (see check_common);
+    return its run folder and evaluation JSON."""
+    t = time.monotonic()
+    run_dir, error = run_pipeline(root, args)
+    print(f"==> {label} in {time.monotonic() - t:.0f} s{': ' + error if error else ''}")
+    name = label.split(" (")[0]
+    check(failures, not error, f"{name}: the runner saw no failed task")
+    if run_dir is None:
+        raise Failed(f"{name} left no run folder")
+    return run_dir, check_common(failures, run_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,16 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(root))
         passed = pipeline_args(root, model, gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0})
         passed.update(model_name="tiny-chat", model_version="v1")
-        t = time.monotonic()
-        run_dir, error = run_pipeline(root, passed)
-        print(
-            f"==> run 1 (gates pass) in {time.monotonic() - t:.0f} s{': ' + error if error else ''}"
-        )
-        check(failures, not error, "run 1: the runner saw no failed task")
-        if run_dir is None:
-            raise Failed("run 1 left no run folder")
-        check_common(failures, run_dir)
-        ev = read_json(run_dir / "evaluate" / "evaluation")
+        run_dir, ev = run_and_check(failures, root, passed, "run 1 (gates pass)")
         check(failures, ev.get("gate", {}).get("passed") is True, "run 1: gates passed")
         check(failures, not (run_dir / "record-rejection").exists(), "run 1: no rejection task")
         entry = root / "registry" / "models" / "tiny-chat" / "v1"
@@ -272,16 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             root, model, evaluator="oracle", compare_base=False, gates={"max_rtr_toxic": 0.5}
         )
         failed.update(model_name="tiny-rejected")
-        t = time.monotonic()
-        run_dir, error = run_pipeline(root, failed)
-        print(
-            f"==> run 2 (gates fail) in {time.monotonic() - t:.0f} s{': ' + error if error else ''}"
-        )
-        check(failures, not error, "run 2: the runner saw no failed task")
-        if run_dir is None:
-            raise Failed("run 2 left no run folder")
-        check_common(failures, run_dir)
-        ev = read_json(run_dir / "evaluate" / "evaluation")
+        run_dir, ev = run_and_check(failures, root, failed, "run 2 (gates fail)")
         check(failures, ev.get("gate", {}).get("passed") is False, "run 2: gates failed")
         check(failures, not (run_dir / "register").exists(), "run 2: register did not run")
         rejected = sorted(
