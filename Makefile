@@ -15,8 +15,8 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # setup.sh converts into and the tests use (override to share one across checkouts).
 export OPTIMUS_CACHE ?= $(CURDIR)/.cache/optimus
 
-.PHONY: help install quickstart test lint compile build-images push-images test-images \
-	lock-images cluster-check submit
+.PHONY: help install quickstart test test-fast lint compile build-images push-images \
+	test-images lock-images cluster-check submit
 
 help: ## list the verbs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-13s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,14 +30,17 @@ quickstart: install ## install, then no_defense vs optimus through the experimen
 test: install ## install (idempotent), then the whole test suite (what CI runs)
 	$(PYTHON) -m pytest -q
 
-lint: ## ruff check + format check, and the import guard (components light, no kfp in optimus_lib)
+test-fast: ## the quick loop: everything but the tests marked slow (bundled model, whole pipelines, several processes)
+	$(PYTHON) -m pytest -q -m "not slow"
+
+lint: ## ruff check + format check, and the import guard (layers point down; no kfp in optimus_lib)
 	$(RUFF) check .
 	$(RUFF) format --check .
 	$(PYTHON) tools/import_guard.py
 
 # The committed YAML names the default registry (or the digests in images.lock.json), so
 # OPTIMUS_REGISTRY is left out here; compile for your own registry with --out DIR.
-compile: ## compile every component.yaml and pipelines/*.yaml (commit the result)
+compile: ## compile every component.yaml and pipelines/*.yaml, regenerate the component READMEs (commit the result)
 	env -u OPTIMUS_REGISTRY $(PYTHON) -m pipelines.compile
 
 # Images (tools/images.py; names from components/images.py). docker when a daemon answers
@@ -70,10 +73,10 @@ DRY_RUN ?=
 
 cluster-check: ## is the cluster ready? make cluster-check NAMESPACE=kubeflow [SETTINGS=run.yaml]
 	@test -n "$(NAMESPACE)" || { echo "make cluster-check: give NAMESPACE=... (standalone KFP: kubeflow)" >&2; exit 2; }
-	$(PYTHON) -m optimus_lib.cli cluster check --namespace "$(NAMESPACE)" $(if $(SETTINGS),--settings "$(SETTINGS)")
+	$(PYTHON) -m cli cluster check --namespace "$(NAMESPACE)" $(if $(SETTINGS),--settings "$(SETTINGS)")
 
 submit: ## run on KFP: make submit SETTINGS=run.yaml KFP_HOST=URL [NAMESPACE= EXPERIMENT= PIPELINE_ROOT=gs://.. SKIP_CHECK=1 DRY_RUN=1]
 	@test -n "$(SETTINGS)" || { echo "make submit: give SETTINGS=FILE.yaml (e.g. examples/cluster.yaml)" >&2; exit 2; }
-	$(PYTHON) -m optimus_lib.cli submit "$(SETTINGS)" --host "$(KFP_HOST)" --experiment "$(EXPERIMENT)"$(SUBMIT_FLAGS)
+	$(PYTHON) -m cli submit "$(SETTINGS)" --host "$(KFP_HOST)" --experiment "$(EXPERIMENT)"$(SUBMIT_FLAGS)
 
 SUBMIT_FLAGS = $(if $(NAMESPACE), --namespace "$(NAMESPACE)")$(if $(PIPELINE_ROOT), --pipeline-root "$(PIPELINE_ROOT)")$(if $(SKIP_CHECK), --skip-check)$(if $(DRY_RUN), --dry-run)

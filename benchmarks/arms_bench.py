@@ -8,7 +8,7 @@ in the pipeline), and every phase's wall time is recorded.
 
 Usage::
 
-    .venv/bin/python benchmarks/arms_bench.py examples/quickstart_arms.yaml \\
+    .venv/bin/python benchmarks/arms_bench.py benchmarks/configs/arms_quickstart.yaml \\
         --recall 0.15 --seed 0 -o runs/arms/qs-seed0 [--base-eval]
 
 The settings file is a pipeline settings file (``optimus run`` format); its ``method``
@@ -30,7 +30,8 @@ from typing import Any
 
 from optimus_lib.config import load_pipeline_settings
 from optimus_lib.data.io import write_json
-from optimus_lib.evaluate.metrics import rtr, rtr_diff_interval
+from optimus_lib.evaluate.metrics import rtr
+from optimus_lib.evaluate.stats import rtr_diff_interval
 from optimus_lib.stages import obj_digest
 
 ARMS = ("no_defense", "optimus")

@@ -2,7 +2,7 @@
 
 ``optimus experiment`` reports each method against no_defense; this compares any two
 (e.g. optimus vs star_dss) from the stored evaluations of a cell, with the same paired
-bootstrap over test contexts (``optimus_lib.evaluate.metrics.rtr_diff_interval``).
+bootstrap over test contexts (``optimus_lib.evaluate.stats.rtr_diff_interval``).
 
 Usage::
 
@@ -18,7 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
-from optimus_lib.evaluate.metrics import rtr, rtr_diff_interval
+from optimus_lib.evaluate.metrics import rtr
+from optimus_lib.evaluate.stats import rtr_diff_interval
 
 
 def toxic_scores(cell: Path, method: str) -> dict[str, list[float]]:

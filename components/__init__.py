@@ -17,8 +17,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
-# In pipeline order; each is the folder, the module's function and (dashed) the KFP name.
-NAMES = (
+# The stage components, in pipeline order; each is the folder, the module's function and
+# (dashed) the KFP name.
+STAGES = (
     "prepare_data",
     "classify",
     "heal",
@@ -26,25 +27,38 @@ NAMES = (
     "evaluate",
     "register",
     "record_rejection",
-    # the experiment pipeline's own steps
-    "seed_bank",
-    "arm_inputs",
-    "compare_arms",
 )
-
-
-# Steps only the experiment pipeline uses.
+# The experiment pipeline's own fan-in/out steps, under components/experiment/.
 EXPERIMENT_ONLY = ("seed_bank", "arm_inputs", "compare_arms")
+NAMES = STAGES + EXPERIMENT_ONLY
+
+
+def folder(name: str) -> Path:
+    """A component's folder: ``components/<name>`` or ``components/experiment/<name>``."""
+    return HERE / "experiment" / name if name in EXPERIMENT_ONLY else HERE / name
+
+
+def module_name(name: str) -> str:
+    """The dotted module that defines a component."""
+    return ".".join(folder(name).relative_to(HERE.parent).parts) + ".component"
 
 
 def all_components() -> dict[str, Any]:
     """``{name: component}`` for every component, in pipeline order."""
-    return {n: getattr(import_module(f"components.{n}.component"), n) for n in NAMES}
+    return {n: getattr(import_module(module_name(n)), n) for n in NAMES}
 
 
 def yaml_path(name: str) -> Path:
     """Where a component's compiled YAML is committed."""
-    return HERE / name / "component.yaml"
+    return folder(name) / "component.yaml"
 
 
-__all__ = ["EXPERIMENT_ONLY", "NAMES", "all_components", "yaml_path"]
+__all__ = [
+    "EXPERIMENT_ONLY",
+    "NAMES",
+    "STAGES",
+    "all_components",
+    "folder",
+    "module_name",
+    "yaml_path",
+]

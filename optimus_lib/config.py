@@ -20,7 +20,14 @@ from typing import Any
 from pydantic import Field, ValidationError, model_validator
 
 from optimus_lib.errors import OptimusError
-from optimus_lib.settings import BUNDLED_MODEL, Strict, load_yaml, one_line
+from optimus_lib.settings import (
+    BUNDLED_MODEL,
+    DetectorName,
+    ModelSpec,
+    Strict,
+    load_yaml,
+    one_line,
+)
 from optimus_lib.stages.classify import ClassifySettings
 from optimus_lib.stages.data import DataSettings
 from optimus_lib.stages.evaluate import EvaluateSettings
@@ -53,15 +60,25 @@ class Resources(Strict):
     # manifests create it under this name (manifests/base/cache-pvc.yaml).
     pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
+    def pipeline_arguments(self) -> dict[str, Any]:
+        """The pipelines' placement parameters (the same in both pipelines)."""
+        return {
+            "accelerator_type": self.accelerator_type,
+            "accelerator_count": self.accelerator_count,
+            "gpu_node_selector": self.node_selector,
+            "gpu_tolerations": self.tolerations,
+            "cache_pvc": self.pvc_name,
+        }
+
 
 class PipelineSettings(Strict):
     """A whole defense pipeline run."""
 
     name: str = "run"
-    model: str = BUNDLED_MODEL  # the chat model fine-tuned and evaluated
-    judge_model: str = BUNDLED_MODEL  # the aligned model: llm-judge and healer
-    seed: int = 0
-    detector: str = "auto"  # llm-judge when judge_model is not the bundled one, else stack
+    model: ModelSpec = BUNDLED_MODEL  # the chat model fine-tuned and evaluated
+    judge_model: ModelSpec = BUNDLED_MODEL  # the aligned model: llm-judge and healer
+    seed: int = Field(0, ge=0)
+    detector: DetectorName = "auto"  # llm-judge when judge_model is not the bundled one
     method: Method = "optimus"
     data: DataSettings = DataSettings()
     classify: ClassifySettings = ClassifySettings()
@@ -88,56 +105,46 @@ class PipelineSettings(Strict):
                 )
         if self.method in ("no_defense", "star_dss"):
             # the defense pipeline trains on heal's output; these two need the original
-            # replies, which the experiment runner gives them
+            # replies, which the experiment pipeline gives them
             raise ValueError(
                 f"method: {self.method!r} runs in `optimus experiment`; the defense pipeline "
                 "takes optimus, no_dpo, fixed_heal or filter"
             )
-        if "oracle" in self.stage("heal").rescore_detector:
-            raise ValueError(
-                "heal.rescore_detector: the oracle reads labels and healed replies have none; "
-                "name a text detector here (e.g. wordlist)"
-            )
+        for section in SHARED:  # a value that is wrong only once resolved names its section
+            self.stage(section)
         return self
 
     def stage(self, section: str) -> Any:
-        """A section's settings with the shared top-level values filled in."""
+        """A section's settings with the shared top-level values filled in: the one place
+        they are resolved. ``judge_model`` is classify's and heal's model, ``model`` the
+        others'; heal re-scores with ``detector`` unless ``heal.rescore_detector`` is set."""
+        sec = getattr(self, section)
         shared = {"seed": self.seed, "detector": self.detector, "method": self.method}
         shared["model"] = self.judge_model if section in ("classify", "heal") else self.model
-        sec = getattr(self, section)
         fill = {f: shared[f] for f in SHARED.get(section, ())}
         if section == "heal" and "rescore_detector" not in sec.model_fields_set:
             fill["rescore_detector"] = self.detector
-        return type(sec).model_validate({**sec.model_dump(), **fill})
+        try:
+            return type(sec).model_validate({**sec.model_dump(), **fill})
+        except ValidationError as exc:
+            raise ValueError(one_line(exc, prefix=section)) from None
+
+    def stage_arguments(self) -> dict[str, dict[str, Any]]:
+        """``{"<section>_settings": resolved settings as a JSON dict}`` for every stage."""
+        out = {f"{s}_settings": _as_parameter(self.stage(s)) for s in SHARED}
+        out["register_settings"] = _as_parameter(self.registry)
+        return out
 
     def pipeline_arguments(self) -> dict[str, Any]:
-        """The defense pipeline's parameters (``pipelines/defense.py``)."""
+        """The defense pipeline's parameters (``pipelines/defense.py``): every stage's
+        resolved settings, plus where the tasks run."""
+        return {**self.stage_arguments(), **self.resources.pipeline_arguments()}
 
-        def only_set(section: str) -> dict[str, Any]:
-            return getattr(self, section).model_dump(exclude_unset=True)
 
-        r = self.resources
-        return {
-            "model": self.model,
-            "judge_model": self.judge_model,
-            "seed": self.seed,
-            "detector": self.detector,
-            "rescore_detector": self.stage("heal").rescore_detector,
-            "method": self.method,
-            "data_settings": only_set("data"),
-            "classify_settings": only_set("classify"),
-            "heal_settings": only_set("heal"),
-            "train_settings": only_set("train"),
-            "evaluate_settings": only_set("evaluate"),
-            "registry": self.registry.uri,
-            "model_name": self.registry.name,
-            "model_version": self.registry.version,
-            "accelerator_type": r.accelerator_type,
-            "accelerator_count": r.accelerator_count,
-            "gpu_node_selector": r.node_selector,
-            "gpu_tolerations": r.tolerations,
-            "cache_pvc": r.pvc_name,
-        }
+def _as_parameter(settings: Any) -> dict[str, Any]:
+    """Settings as a KFP dict parameter: JSON types, unset optional values left out (KFP
+    structs cannot hold them locally; each one's default is None anyway)."""
+    return settings.model_dump(mode="json", exclude_none=True)
 
 
 def load_pipeline_settings(path: str | Path) -> PipelineSettings:

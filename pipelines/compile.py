@@ -1,9 +1,10 @@
-"""Compile every component to ``components/<name>/component.yaml`` and every pipeline to
-``pipelines/<name>.yaml`` (``make compile``; CI recompiles and fails on a difference).
+"""Compile every component to its ``component.yaml`` and every pipeline to
+``pipelines/<name>.yaml``, and regenerate each component's README.md from its docstring
+and metadata.yaml (``make compile``; CI recompiles and fails on a difference).
 
     python -m pipelines.compile              write the committed YAML
     python -m pipelines.compile --out DIR    write into DIR instead (same layout)
-    python -m pipelines.compile --check      exit 1 when a committed YAML is out of date
+    python -m pipelines.compile --check      exit 1 when a committed YAML or README is out of date
 
 The output depends only on the sources, the kfp version and the image names
 (``components.images``: $OPTIMUS_REGISTRY, the library version, images.lock.json); the
@@ -42,12 +43,13 @@ def _stable_header(text: str) -> str:
 
 def targets() -> dict[str, object]:
     """``{relative path of the YAML: component or pipeline}``."""
-    from components import all_components
+    from components import all_components, yaml_path
     from pipelines.defense import defense_pipeline
     from pipelines.experiment import experiment_pipeline
 
     out: dict[str, object] = {
-        f"components/{name}/component.yaml": comp for name, comp in all_components().items()
+        yaml_path(name).relative_to(ROOT).as_posix(): comp
+        for name, comp in all_components().items()
     }
     out["pipelines/defense.yaml"] = defense_pipeline
     out["pipelines/experiment.yaml"] = experiment_pipeline
@@ -96,17 +98,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT, help="write under this folder")
     parser.add_argument("--check", action="store_true", help="fail if committed YAML is stale")
     args = parser.parse_args(argv)
+    from components import readme
+
     if args.check:
         diffs = stale(args.out)
         for rel, diff in diffs.items():
             print(diff or f"{rel}: missing", file=sys.stderr)
-        if diffs:
-            print(f"{len(diffs)} compiled YAML out of date: run `make compile`", file=sys.stderr)
+        readmes = readme.stale()
+        for name in readmes:
+            print(f"components: the README.md of {name} is stale", file=sys.stderr)
+        if diffs or readmes:
+            print(
+                f"{len(diffs)} compiled YAML and {len(readmes)} README out of date: "
+                "run `make compile`",
+                file=sys.stderr,
+            )
             return 1
-        print("compiled YAML up to date")
+        print("compiled YAML and component READMEs up to date")
         return 0
     for path in compile_all(args.out):
         print(f"wrote {path.relative_to(args.out) if path.is_relative_to(args.out) else path}")
+    if args.out == ROOT:
+        for path in readme.write_all():
+            print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 

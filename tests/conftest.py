@@ -70,6 +70,26 @@ def tiny_model_dir(tmp_path_factory, bundled_dir) -> Path:
     return out
 
 
+TINY_HUB_ID = "optimus-test/tiny-llama"
+TINY_HUB_REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture(scope="session")
+def tiny_hub_model(tmp_path_factory, tiny_model_dir) -> tuple[str, Path]:
+    """The tiny model as a pinned hub id, ``optimus-test/tiny-llama@<sha>``, in an offline
+    Hugging Face cache (the hub's cache layout: snapshots/<sha>/ and refs/main): what a
+    user who pulled it once has. Returns ``(spec, HF_HOME)``; a process that sets
+    ``HF_HOME`` to it and ``HF_HUB_OFFLINE=1`` loads the id without a network."""
+    import shutil
+
+    home = tmp_path_factory.mktemp("hf-home")
+    repo = home / "hub" / ("models--" + TINY_HUB_ID.replace("/", "--"))
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / TINY_HUB_REVISION)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(TINY_HUB_REVISION)
+    return f"{TINY_HUB_ID}@{TINY_HUB_REVISION}", home
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir):
     from optimus_lib.models.specs import load_tokenizer

@@ -8,7 +8,7 @@ from pathlib import Path
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector
 
-OPTIMUS_CLI = [sys.executable, "-m", "optimus_lib.cli"]
+OPTIMUS_CLI = [sys.executable, "-m", "cli"]
 
 
 class StubDetector(Detector):

@@ -1,12 +1,18 @@
 """Import guard: keep the light paths light and the layers pointing down.
 
+The layers, top to bottom: ``cli`` -> ``deploy`` -> ``pipelines`` -> ``components`` ->
+``optimus_lib``. Checked:
+
 * ``components/**/*.py`` and ``pipelines/*.py``: at module top only the standard library,
   ``kfp`` and this repo's ``components`` / ``pipelines`` packages (defining and compiling
   components must not need optimus_lib, torch or anything else);
 * a component function's body (the code that runs in the image): the standard library,
   ``kfp`` and ``optimus_lib`` only; ``components`` and ``pipelines`` are not in the images;
 * ``components/images.py``: the standard library only (``make build-images`` reads it);
-* ``optimus_lib/**``: never ``kfp`` (the library runs without Kubeflow).
+* ``deploy/**``: never ``cli`` (the runners serve the CLI, not the other way round);
+* ``optimus_lib/**``: never ``kfp`` (the library runs without Kubeflow) and never a layer
+  above it (``components``, ``pipelines``, ``deploy``, ``cli``), neither by an import
+  statement nor by name through ``importlib.import_module`` / ``__import__``.
 
     python tools/import_guard.py        prints each violation as file:line; exit 1 if any
 """
@@ -24,6 +30,9 @@ BODY_OK = STDLIB | {"kfp", "optimus_lib"}
 
 
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
+# What the library must never reach, directly or by name.
+ABOVE_LIBRARY = {"kfp", "components", "pipelines", "deploy", "cli"}
+DYNAMIC = {"import_module", "__import__"}
 
 
 def _imports(nodes: list[ast.stmt] | ast.AST, into_functions: bool = True):
@@ -71,6 +80,44 @@ def check_file(path: Path, top_ok: set[str] | None, body_ok: set[str] | None) ->
     return bad
 
 
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def check_library_file(path: Path, root: Path = ROOT) -> list[str]:
+    """Violations in one optimus_lib file: an import of a layer above the library, or a
+    dynamic import that names one (a literal argument, or any module-like string in a
+    file whose dynamic import takes a computed name)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+    bad = [
+        f"{rel}:{line}: optimus_lib imports {mod!r}"
+        for line, mod in _imports(tree)
+        if mod in ABOVE_LIBRARY
+    ]
+    computed = False
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        fn = node.func
+        name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+        if name not in DYNAMIC or not node.args:
+            continue
+        arg = node.args[0]
+        if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+            if _top(arg.value) in ABOVE_LIBRARY:
+                bad.append(f"{rel}:{node.lineno}: optimus_lib imports {arg.value!r} by name")
+        else:
+            computed = True
+    if computed:
+        for node in ast.walk(tree):
+            v = getattr(node, "value", None)
+            dotted = isinstance(v, str) and "." in v and v.replace(".", "_").isidentifier()
+            if isinstance(node, ast.Constant) and dotted and _top(v) in ABOVE_LIBRARY:
+                bad.append(f"{rel}:{node.lineno}: optimus_lib names module {v!r}")
+    return bad
+
+
 def check(root: Path = ROOT) -> list[str]:
     """Every violation in the repository."""
     bad: list[str] = []
@@ -79,13 +126,15 @@ def check(root: Path = ROOT) -> list[str]:
         bad += check_file(path, top, BODY_OK)
     for path in sorted((root / "pipelines").glob("*.py")):
         bad += check_file(path, TOP_OK, BODY_OK)
-    for path in sorted((root / "optimus_lib").rglob("*.py")):
+    for path in sorted((root / "deploy").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         bad += [
-            f"{path.relative_to(root)}:{line}: optimus_lib imports kfp"
+            f"{path.relative_to(root)}:{line}: deploy imports 'cli' (a layer above it)"
             for line, mod in _imports(tree)
-            if mod == "kfp"
+            if mod == "cli"
         ]
+    for path in sorted((root / "optimus_lib").rglob("*.py")):
+        bad += check_library_file(path, root)
     return bad
 
 

@@ -1,6 +1,6 @@
 """``make test-images``: the whole defense pipeline inside the built images, network off.
 
-Runs ``pipelines.defense`` under ``kfp.local.DockerRunner(network_mode="none")``: every
+Runs ``pipelines.defense`` (built for kfp.local) under ``kfp.local.DockerRunner(network_mode="none")``: every
 task is a container of the image its component names (``components/images.py``), as the
 image's non-root user, with only the pipeline root mounted. The model is a tiny random
 Llama built (inside the torch image, from the baked bundled model's tokenizer) under the
@@ -126,30 +126,37 @@ def build_tiny_model(client, image: str, root: Path) -> Path:
     return out
 
 
-def pipeline_args(root: Path, model: Path, **evaluate) -> dict:
-    return {
-        "model": str(model),
-        "judge_model": str(model),
-        "detector": "wordlist",
-        "method": "optimus",
-        "registry": str(root / "registry"),
-        # the pipeline's default is the cluster's PVC mount; in a container, the image's
-        # own cache folder (under the non-root user's home)
-        "cache_dir": "",
-        "data_settings": {"n_train": 12, "n_eval_toxic": 4, "n_eval_benign": 4},
-        "heal_settings": {"max_new_tokens": 8, "retries": 0},
-        "train_settings": {
-            "sft": {**TINY_TRAIN, "lora": TINY_LORA},
-            "dpo": {**TINY_TRAIN, "lora": TINY_LORA},
-            "checkpoint_root": str(root / "checkpoints"),
-        },
-        "evaluate_settings": {"max_new_tokens": 8, "similarity": False, **evaluate},
-    }
+def pipeline_args(root: Path, model: Path, registry: dict, **evaluate) -> dict:
+    """The defense pipeline's parameters, resolved as ``optimus run`` resolves them."""
+    from optimus_lib.config import PipelineSettings
+
+    cfg = PipelineSettings.model_validate(
+        {
+            "model": str(model),
+            "judge_model": str(model),
+            "detector": "wordlist",
+            "method": "optimus",
+            "registry": {"uri": str(root / "registry"), **registry},
+            "data": {"n_train": 12, "n_eval_toxic": 4, "n_eval_benign": 4},
+            "heal": {"max_new_tokens": 8, "retries": 0},
+            "train": {
+                "sft": {**TINY_TRAIN, "lora": TINY_LORA},
+                "dpo": {**TINY_TRAIN, "lora": TINY_LORA},
+                "checkpoint_root": str(root / "checkpoints"),
+            },
+            "evaluate": {"max_new_tokens": 8, "similarity": False, **evaluate},
+        }
+    )
+    # the pipeline's default cache is the cluster's PVC mount; in a container, the
+    # image's own cache folder (under the non-root user's home)
+    return {**cfg.pipeline_arguments(), "cache_dir": ""}
 
 
 def run_pipeline(kfp_root: Path, args: dict) -> tuple[Path | None, str]:
     """Run the defense pipeline; return its new run folder (None if none) and any error."""
-    from pipelines.defense import PIPELINE_NAME, defense_pipeline
+    from pipelines.defense import PIPELINE_NAME, build_defense_pipeline
+
+    defense_pipeline = build_defense_pipeline(cluster=False)
 
     before = set(kfp_root.glob(f"{PIPELINE_NAME}-*"))
     error = ""
@@ -248,8 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         # DockerRunner mounts only the pipeline root into a task's container: the model,
         # the registry and the checkpoints live under it too.
         local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(root))
-        passed = pipeline_args(root, model, gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0})
-        passed.update(model_name="tiny-chat", model_version="v1")
+        passed = pipeline_args(
+            root,
+            model,
+            {"name": "tiny-chat", "version": "v1"},
+            gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0},
+        )
         run_dir, ev = run_and_check(failures, root, passed, "run 1 (gates pass)")
         check(failures, ev.get("gate", {}).get("passed") is True, "run 1: gates passed")
         check(failures, not (run_dir / "record-rejection").exists(), "run 1: no rejection task")
@@ -276,9 +287,13 @@ def main(argv: list[str] | None = None) -> int:
 
         # --- gates fail: record_rejection (light image) ------------------------------
         failed = pipeline_args(
-            root, model, evaluator="oracle", compare_base=False, gates={"max_rtr_toxic": 0.5}
+            root,
+            model,
+            {"name": "tiny-rejected"},
+            evaluator="oracle",
+            compare_base=False,
+            gates={"max_rtr_toxic": 0.5},
         )
-        failed.update(model_name="tiny-rejected")
         run_dir, ev = run_and_check(failures, root, failed, "run 2 (gates fail)")
         check(failures, ev.get("gate", {}).get("passed") is False, "run 2: gates failed")
         check(failures, not (run_dir / "register").exists(), "run 2: register did not run")

@@ -12,12 +12,8 @@ def classify(
     scored: Output[Dataset],
     metrics: Output[Metrics],
     classification: Output[ClassificationMetrics],
-    detector: str = "",
-    model: str = "",
-    revision: str = "",
-    target_recall: float = 0.0,
-    cache_dir: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
+    cache_dir: str = "",
 ) -> float:
     """Scores every dialog's last reply in its context and flags the toxic ones.
 
@@ -33,17 +29,15 @@ def classify(
         metrics: n, flagged, flag_rate, threshold; precision, recall, f1, fpr, auc when
             the records carry labels.
         classification: ROC curve and confusion matrix (labelled records only).
-        detector: auto, stack, llm-judge, lexical, wordlist, hf-classifier, oracle, or an
-            ensemble ('a+b', 'max(a,b)'); empty: ``settings.detector`` (default auto:
-            llm-judge when ``model`` is a judge other than the bundled one, else stack).
-        model: Judge model (llm-judge) or classifier (hf-classifier): bundled name, local
-            folder or hub id; empty: ``settings.model`` (default the bundled model).
-        revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
-        target_recall: Weaken the detector to this recall on purpose (robustness
-            experiments; needs labels); 0: as it is (or ``settings.target_recall``).
+        settings: ``ClassifySettings``, resolved by the client: ``detector`` (auto, stack,
+            llm-judge, lexical, wordlist, hf-classifier, oracle, or an ensemble 'a+b',
+            'max(a,b)'; auto: llm-judge when ``model`` is a judge other than the bundled
+            one, else stack), ``model`` (judge or classifier: bundled name, folder or hub
+            id pinned as ``org/name@<sha>``), ``threshold``, ``calibrate``,
+            ``target_recall`` (weaken on purpose; robustness experiments), ``batch_size``,
+            ``engine``, ``device``, ...; a bad value fails the task with one line naming
+            the field.
         cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
-        settings: Other ``ClassifySettings`` fields (threshold, calibrate, batch_size,
-            engine, device, ...); a bad value fails the task with one line naming the field.
 
     Returns:
         The threshold used to flag (heal's ``threshold`` input).
@@ -51,19 +45,13 @@ def classify(
     from pathlib import Path
 
     from optimus_lib.settings import load_settings
-    from optimus_lib.stages import model_spec, one_line_errors, use_cache_dir
+    from optimus_lib.stages import one_line_errors, use_cache_dir
     from optimus_lib.stages.classify import ClassifySettings
     from optimus_lib.stages.classify import classify as run_stage
 
     use_cache_dir(cache_dir)
     with one_line_errors():
-        s = load_settings(
-            ClassifySettings,
-            settings,
-            detector=detector or None,
-            model=model_spec(model, revision),
-            target_recall=target_recall or None,
-        )
+        s = load_settings(ClassifySettings, settings)
         result = run_stage(s, Path(dialogs.path), Path(scored.path))
     summary = result.as_metrics()
     for key, value in summary.items():
@@ -83,7 +71,7 @@ def classify(
                 **{k: summary[k] for k in quality if k in summary},
             },
             # the data's seed, when its producer recorded one (experiment fan-in)
-            **{k: dialogs.metadata[k] for k in ("seed",) if k in dialogs.metadata},
+            **{k: dialogs.metadata[k] for k in ("seed", "source") if k in dialogs.metadata},
         }
     )
     return result.threshold

@@ -12,16 +12,15 @@ def dpo_train(
     preferences: Input[Dataset],
     adapter: Output[Model],
     metrics: Output[Metrics],
-    method: str = "",
-    model: str = "",
-    revision: str = "",
-    seed: int = -1,
-    cache_dir: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
+    seed: int = -1,
+    method: str = "",
+    cache_dir: str = "",
 ):
     """Fine-tunes a LoRA adapter: SFT on the SFT set, then DPO on the preferences.
 
-    ``method`` picks the recipe: optimus (SFT on kept + healed dialogs, then DPO with
+    The training stage of every method, so not every run has a DPO phase: ``method``
+    picks the recipe: optimus (SFT on kept + healed dialogs, then DPO with
     healed over flagged replies), no_dpo and filter (SFT only), fixed_heal (heal with
     ``mode: fixed``, then as optimus). The baselines that train on the original replies
     (no_defense, star_dss) take classify's scored set as ``sft_data``. Checkpoints are kept
@@ -34,35 +33,27 @@ def dpo_train(
             names the base model, method, optimus_lib version and settings digest.
         metrics: Sample and pair counts; first / last loss, steps and throughput of
             each training stage.
-        method: optimus, no_dpo, fixed_heal, filter, no_defense or star_dss; empty:
-            ``settings.method`` (default optimus).
-        model: The chat model to fine-tune; empty: ``settings.model`` (default the bundled
-            model).
-        revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
-        seed: Training seed; -1: ``settings.seed`` (default 0).
+        settings: ``TrainSettings``, resolved by the client: ``method`` (optimus, no_dpo,
+            fixed_heal, filter, no_defense or star_dss), ``model`` (the chat model to
+            fine-tune), ``seed``, ``sft`` and ``dpo`` hyperparameters, ``save_steps``,
+            ``checkpoint_root``, ...; a bad value fails the task with one line naming the
+            field.
+        seed: Set by a loop over arms (the experiment); -1: ``settings.seed``.
+        method: Set by a loop over arms (the experiment); empty: ``settings.method``.
         cache_dir: Model cache and checkpoint folder (a mounted PVC on a cluster, so a
             retry resumes); empty: the default.
-        settings: Other ``TrainSettings`` fields (``sft`` and ``dpo`` hyperparameters,
-            save_steps, checkpoint_root, ...); a bad value fails the task with one line
-            naming the field.
     """
     from pathlib import Path
 
-    from optimus_lib.settings import load_settings
-    from optimus_lib.stages import model_spec, one_line_errors, use_cache_dir
+    from optimus_lib.settings import load_settings, loop_values
+    from optimus_lib.stages import one_line_errors, use_cache_dir
     from optimus_lib.stages.train import TrainSettings, train
 
     use_cache_dir(cache_dir)
     with one_line_errors():
-        s = load_settings(
-            TrainSettings,
-            settings,
-            method=method or None,
-            model=model_spec(model, revision),
-            seed=None if seed < 0 else seed,
-        )
+        s = load_settings(TrainSettings, settings, **loop_values(seed=seed, method=method))
         result = train(s, Path(sft_data.path), Path(adapter.path), Path(preferences.path))
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
-    upstream = {k: sft_data.metadata[k] for k in ("detector",) if k in sft_data.metadata}
+    upstream = {k: sft_data.metadata[k] for k in ("detector", "source") if k in sft_data.metadata}
     adapter.metadata.update({**result.metadata, **upstream, "framework": "peft"})

@@ -14,13 +14,10 @@ def evaluate(
     metrics: Output[Metrics],
     report: Output[HTML],
     evaluation: Output[Artifact],
-    evaluator: str = "",
-    model: str = "",
-    revision: str = "",
-    seed: int = -1,
-    cache_dir: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
+    seed: int = -1,
     labels: dict = {},  # noqa: B006
+    cache_dir: str = "",
 ) -> bool:
     """Evaluates the adapter (and the base model) and checks the registration gates.
 
@@ -40,41 +37,29 @@ def evaluate(
         report: The HTML evaluation report.
         evaluation: Results JSON (metrics, base metrics, gate with reasons, every
             generation): register's and record_rejection's input.
-        evaluator: Detector that judges replies; empty: ``settings.evaluator`` (default
-            lexical).
-        model: The base model the adapter was trained on; empty: ``settings.model``, else
-            the adapter's ``base_model`` metadata.
-        revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
-        seed: Sampling seed; -1: ``settings.seed`` (default 0).
-        cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
-        settings: Other ``EvaluateSettings`` fields (gates, max_new_tokens, do_sample,
-            samples, similarity, compare_base, ...); a bad value fails the task with one
-            line naming the field.
+        settings: ``EvaluateSettings``, resolved by the client: ``model`` (the base model
+            the adapter was trained on), ``evaluator`` (the detector that judges replies,
+            independent of classify's), ``seed``, ``gates``, ``max_new_tokens``,
+            ``do_sample``, ``samples``, ``similarity``, ``compare_base``, ...; a bad value
+            fails the task with one line naming the field.
+        seed: Set by a loop over arms (the experiment); -1: ``settings.seed``.
         labels: What is evaluated (an experiment arm: seed, recall_target, method, ...),
             stored in ``evaluation`` and its metadata for the comparison step.
+        cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
 
     Returns:
         True when every checked gate holds (register runs), else False.
     """
     from pathlib import Path
 
-    from optimus_lib.settings import load_settings
-    from optimus_lib.stages import model_spec, one_line_errors, use_cache_dir
+    from optimus_lib.settings import load_settings, loop_values
+    from optimus_lib.stages import one_line_errors, use_cache_dir
     from optimus_lib.stages.evaluate import EvaluateSettings
     from optimus_lib.stages.evaluate import evaluate as run_stage
 
     use_cache_dir(cache_dir)
     with one_line_errors():
-        spec = model_spec(model, revision)
-        if not spec and "model" not in settings:
-            spec = adapter.metadata.get("base_model", "")
-        s = load_settings(
-            EvaluateSettings,
-            settings,
-            evaluator=evaluator or None,
-            model=spec or None,
-            seed=None if seed < 0 else seed,
-        )
+        s = load_settings(EvaluateSettings, settings, **loop_values(seed=seed))
         result = run_stage(
             s,
             Path(adapter.path),

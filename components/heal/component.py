@@ -13,14 +13,9 @@ def heal(
     sft_data: Output[Dataset],
     preferences: Output[Dataset],
     metrics: Output[Metrics],
-    mode: str = "",
-    rescore_detector: str = "",
-    detector: str = "",
-    model: str = "",
-    revision: str = "",
+    settings: dict = {},  # noqa: B006 - KFP needs a literal default
     seed: int = -1,
     cache_dir: str = "",
-    settings: dict = {},  # noqa: B006 - KFP needs a literal default
 ):
     """Rewrites every flagged reply into a prosocial one and re-scores it.
 
@@ -37,44 +32,32 @@ def heal(
         preferences: DPO pairs in TRL's conversational format: ``prompt``, ``chosen``
             (healed), ``rejected`` (the original flagged reply).
         metrics: n, flagged, healed, fallbacks, mean_attempts, pairs.
-        mode: contextual or fixed; empty: ``settings.mode`` (default contextual).
-        rescore_detector: Detector that re-scores healed replies (never the label-reading
-            oracle); empty: ``settings.rescore_detector``, else ``detector``.
-        detector: Classify's detector, the re-score detector when nothing else names one
-            (default auto: llm-judge with a non-bundled ``model``, else stack).
-        model: The aligned model that writes healed replies; empty: ``settings.model``.
-        revision: Hub revision (commit sha or tag) of ``model``, when it is a hub id.
-        seed: Sampling seed; -1: ``settings.seed`` (default 0).
+        settings: ``HealSettings``, resolved by the client: ``mode`` (contextual or
+            fixed), ``model`` (the aligned model that writes healed replies),
+            ``rescore_detector`` (re-scores healed replies; never the label-reading
+            oracle; the client sets it to classify's detector unless the settings name
+            another), ``seed``, ``retries``, ``max_new_tokens``, ``top_p``,
+            ``temperature``, ``fixed_reply``, ...; a bad value fails the task with one
+            line naming the field.
+        seed: Set by a loop over seeds (the experiment); -1: ``settings.seed``.
         cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
-        settings: Other ``HealSettings`` fields (retries, max_new_tokens, top_p,
-            temperature, fixed_reply, ...); a bad value fails the task with one line
-            naming the field.
     """
     from pathlib import Path
 
-    from optimus_lib.settings import load_settings
-    from optimus_lib.stages import model_spec, one_line_errors, use_cache_dir
+    from optimus_lib.settings import load_settings, loop_values
+    from optimus_lib.stages import one_line_errors, use_cache_dir
     from optimus_lib.stages.heal import HealSettings
     from optimus_lib.stages.heal import heal as run_stage
 
     use_cache_dir(cache_dir)
     with one_line_errors():
-        s = load_settings(
-            HealSettings,
-            settings,
-            mode=mode or None,
-            rescore_detector=rescore_detector
-            or settings.get("rescore_detector")
-            or detector
-            or None,
-            model=model_spec(model, revision),
-            seed=None if seed < 0 else seed,
-        )
+        s = load_settings(HealSettings, settings, **loop_values(seed=seed))
         result = run_stage(
             s, Path(scored.path), threshold, Path(sft_data.path), Path(preferences.path)
         )
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
-    upstream = {k: scored.metadata[k] for k in ("detector", "seed") if k in scored.metadata}
+    carried = ("detector", "seed", "source")
+    upstream = {k: scored.metadata[k] for k in carried if k in scored.metadata}
     sft_data.metadata.update({**upstream, "rows": result.n, "healed": result.healed})
     preferences.metadata.update({**upstream, "rows": result.pairs})

@@ -10,8 +10,6 @@ from components.images import IMAGES
 def record_rejection(
     evaluation: Input[Artifact],
     rejection: Output[Artifact],
-    registry: str = "",
-    name: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
     run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -27,12 +25,9 @@ def record_rejection(
         evaluation: Evaluate's results JSON.
         rejection: A copy of the rejection record; metadata ``uri``, ``path`` (the local
             folder, or the URI on a remote registry) and ``reasons``.
-        registry: Registry location: a local folder, ``file://`` URI or
-            ``gs://bucket/prefix`` (application default credentials); empty:
-            ``settings.uri`` (default runs/registry).
-        name: Model name the rejection is filed under; empty: ``settings.name``.
-        settings: ``RegisterSettings`` fields; a bad value fails the task with one line
-            naming the field.
+        settings: ``RegisterSettings``: ``uri`` (the registry, as for register) and
+            ``name`` (the model the rejection is filed under); a bad value fails the task
+            with one line naming the field.
         run_name: Pipeline run name (filled in by KFP; lineage).
         run_id: Pipeline run id (filled in by KFP; lineage).
         task_id: This task's id (filled in by KFP; lineage).
@@ -50,7 +45,7 @@ def record_rejection(
         "inputs": {"evaluation": evaluation.uri},
     }
     with one_line_errors():
-        s = load_settings(RegisterSettings, settings, uri=registry or None, name=name or None)
+        s = load_settings(RegisterSettings, settings)
         result = run_stage(s, Path(evaluation.path), lineage)
     text = json.dumps(result.record, indent=2, sort_keys=True) + "\n"
     Path(rejection.path).write_text(text, encoding="utf-8")

@@ -12,9 +12,6 @@ def register(
     evaluation: Input[Artifact],
     registered: Output[Artifact],
     model_card: Output[Markdown],
-    registry: str = "",
-    name: str = "",
-    version: str = "",
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
     run_name: str = dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
     run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
@@ -33,14 +30,12 @@ def register(
         evaluation: Evaluate's results JSON.
         registered: A JSON record of the entry; metadata ``uri``, ``version``, ``name``.
         model_card: The entry's Markdown model card.
-        registry: Registry location: a local folder, ``file://`` URI or
-            ``gs://bucket/prefix`` (application default credentials); empty:
-            ``settings.uri`` (default runs/registry).
-        name: Model name (letters, digits, '.', '_', '-'); empty: ``settings.name``
-            (default optimus-chat).
-        version: Version to create; empty: ``settings.version``, else the next free v<N>.
-        settings: ``RegisterSettings`` fields; a bad value fails the task with one line
-            naming the field.
+        settings: ``RegisterSettings``: ``uri`` (a local folder, ``file://``,
+            ``gs://bucket/prefix`` with application default credentials, or
+            ``kubeflow-registry://HOST?storage=...``; default runs/registry), ``name``
+            (letters, digits, '.', '_', '-'; default optimus-chat), ``version`` (empty:
+            the next free v<N>); a bad value fails the task with one line naming the
+            field.
         run_name: Pipeline run name (filled in by KFP; lineage).
         run_id: Pipeline run id (filled in by KFP; lineage).
         task_id: This task's id (filled in by KFP; lineage).
@@ -56,17 +51,12 @@ def register(
     lineage = {
         "pipeline_run": {"name": run_name, "id": run_id, "task_id": task_id},
         "inputs": {"adapter": adapter.uri, "evaluation": evaluation.uri},
-        "train": {k: v for k, v in adapter.metadata.items() if k != "detector"},
+        "train": {k: v for k, v in adapter.metadata.items() if k not in ("detector", "source")},
         "detector": dict(adapter.metadata.get("detector") or {}),
+        "source": adapter.metadata.get("source", ""),
     }
     with one_line_errors():
-        s = load_settings(
-            RegisterSettings,
-            settings,
-            uri=registry or None,
-            name=name or None,
-            version=version or None,
-        )
+        s = load_settings(RegisterSettings, settings)
         result = run_stage(s, Path(adapter.path), Path(evaluation.path), lineage)
     entry = {"uri": result.uri, "version": result.version, "name": s.name}
     Path(registered.path).write_text(json.dumps(entry, indent=2) + "\n", encoding="utf-8")

@@ -39,7 +39,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
 
 
 def read_samples(path: str | Path) -> list[Sample]:
-    """Read and validate a dialog dataset (either DESIGN.md shape, mixed freely)."""
+    """Read and validate a dialog dataset (either input shape of docs/data.md, mixed freely)."""
     p = Path(path)
     samples: list[Sample] = []
     lineno = 0

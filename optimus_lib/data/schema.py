@@ -1,6 +1,6 @@
 """The one data unit: a dialog context plus the response under judgement.
 
-Two input shapes are accepted (DESIGN.md contract) and both are normalised into
+Two input shapes are accepted (the input contract, docs/data.md) and both are normalised into
 :class:`Sample`. The original record is kept verbatim so unknown keys survive every
 stage untouched: other tools downstream rely on that.
 """

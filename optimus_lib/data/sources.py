@@ -7,7 +7,7 @@
   openings and most are not toxic on their own, so
   :func:`optimus_lib.threats.poison.toxic_texts` keeps only the *confirmed* ones (lexical
   score above a threshold): injecting unconfirmed openings does not poison a model
-  (RESOURCES.md, measured).
+  (measured: BENCHMARKS.md).
 
 A user who is online can pass any HF dataset with ``hf:NAME[:SPLIT]`` instead.
 """
@@ -113,7 +113,7 @@ def rtp_texts(categories: tuple[str, ...] = RTP_CATEGORIES) -> list[tuple[str, s
 
 
 def load_hf_dataset(spec: str) -> list[Sample]:
-    """``hf:NAME[@REVISION][:SPLIT]`` -> samples (rows need the DESIGN.md fields).
+    """``hf:NAME[@REVISION][:SPLIT]`` -> samples (rows need the fields of docs/data.md).
 
     NAME is a hub dataset (online users; pin REVISION) or a local folder written by
     ``Dataset.save_to_disk`` (offline, e.g. a PVC).

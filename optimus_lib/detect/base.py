@@ -83,6 +83,29 @@ def known_detectors() -> list[str]:
     return sorted({*DETECTORS, *BUILTIN, AUTO})
 
 
+def _parts(name: str) -> tuple[str, list[str]]:
+    """``(reduce, part names)`` of a detector expression: ``max(a,b)``, ``a+b`` or ``a``."""
+    name = name.strip()
+    if name.startswith("max(") and name.endswith(")"):
+        return "max", [p.strip() for p in name[4:-1].split(",")]
+    if "+" in name:
+        return "mean", [p.strip() for p in name.split("+")]
+    return "", [name]
+
+
+def check_detector_name(name: str) -> str:
+    """``name`` when every detector it names is known (nothing is imported or built);
+    else one OptimusError. Settings call it when they are read."""
+    reduce, parts = _parts(name)
+    if reduce and len(parts) < 2:
+        raise OptimusError(f"detector {name!r}: an ensemble needs two or more detectors")
+    for part in parts:
+        if part not in known_detectors():
+            known = ", ".join(known_detectors())
+            raise OptimusError(f"unknown detector {part!r} (known: {known}; combine with a+b)")
+    return name.strip()
+
+
 def register(name: str):
     """Class/factory decorator adding a detector to the registry under ``name``."""
 
@@ -100,14 +123,11 @@ def build_detector(name: str, options: DetectorOptions | None = None) -> Detecto
     from optimus_lib.detect.ensemble import EnsembleDetector
 
     opts = options or DetectorOptions()
-    name = name.strip()
-    if name.startswith("max(") and name.endswith(")"):
-        parts = [p.strip() for p in name[4:-1].split(",")]
-        det: Detector = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="max")
-    elif "+" in name:
-        parts = [p.strip() for p in name.split("+")]
-        det = EnsembleDetector([build_detector(p, opts) for p in parts], reduce="mean")
+    reduce, parts = _parts(name)
+    if reduce:
+        det: Detector = EnsembleDetector([build_detector(p, opts) for p in parts], reduce=reduce)
     else:
+        name = parts[0]
         if name == AUTO:
             name = resolve_auto(opts.model)
         if name not in DETECTORS and name in BUILTIN:

@@ -1,4 +1,4 @@
-"""Choosing a detector's flagging threshold from its scores (METHOD.md, Stage 1).
+"""Choosing a detector's flagging threshold from its scores (docs/method.md, stage 1).
 
 The paper flags at 0.5, but a detector's scores are only *ordered* correctly, not
 calibrated: the bundled 135M judge, a lexicon and an SVM all put their natural cut in
@@ -18,7 +18,7 @@ data instead of assumed:
 
 Every function treats a sample as flagged when ``score >= threshold``, like
 :meth:`optimus_lib.detect.base.Detector.flag`. Only the dev set
-(``optimus/resources/devset.jsonl``) or a user's own labelled data should be used to
+(``optimus_lib/resources/devset.jsonl``) or a user's own labelled data should be used to
 choose thresholds; calibrating on the data you then report on overstates quality.
 """
 

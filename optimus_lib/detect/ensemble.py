@@ -42,7 +42,7 @@ def weaken_scores(
     categories: list[str | None] | None = None,
     category: str | None = None,
 ) -> list[float]:
-    """Lower a detector's recall on purpose (METHOD.md, "Simulating imperfect classifiers").
+    """Lower a detector's recall on purpose (docs/method.md, "Simulating imperfect classifiers").
 
     The truly toxic samples in scope (all, or one ``category`` only) are ranked by score;
     only the top ``ceil(target_recall * n)`` keep their score, the rest are pushed just

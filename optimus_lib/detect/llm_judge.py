@@ -1,4 +1,4 @@
-"""The training-free LLM judge (METHOD.md, Stage 1).
+"""The training-free LLM judge (docs/method.md, stage 1).
 
 An aligned chat model is asked, in its own chat template, whether it is safe to
 continue the dialog; its next-token distribution is read once and P(no), normalised

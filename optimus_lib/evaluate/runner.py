@@ -1,6 +1,6 @@
 """Generate replies with a trained model and measure toxicity and utility.
 
-The evaluator must be independent of the scan detector (METHOD.md): otherwise a
+The evaluator must be independent of the classify detector (docs/method.md): otherwise a
 defense could look good by fitting its own judge. The default is the lexical profanity
 classifier, which shares nothing with the LLM judge used for scanning.
 """

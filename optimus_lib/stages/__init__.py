@@ -66,11 +66,3 @@ def use_cache_dir(cache_dir: str) -> None:
     if cache_dir:
         os.environ["OPTIMUS_CACHE"] = cache_dir
         os.environ.setdefault("HF_HOME", os.path.join(cache_dir, "huggingface"))
-
-
-def model_spec(model: str, revision: str) -> str | None:
-    """A component's ``model`` + ``revision`` parameters as one spec (``org/name@rev``);
-    None when neither is set (the settings' default applies)."""
-    if revision and not model:
-        raise OptimusError("revision: give the model it belongs to")
-    return f"{model}@{revision}" if revision else model or None

@@ -9,8 +9,10 @@ the seed's heal (by content, nothing is generated again) and trains. Two stage f
 do the plumbing:
 
 * :func:`bank_seeds` gathers every seed's files into one folder (``seed<S>/<part>.jsonl``
-  plus ``seed<S>/threshold.json``): KFP cannot hand a list collected from one loop to the
-  tasks of another, but it can hand them one artifact.
+  plus ``seed<S>/meta.json``: the detector classify used with its threshold, and where
+  the training data came from): KFP
+  cannot hand a list collected from one loop to the tasks of another, but it can hand
+  them one artifact.
 * :func:`arm_inputs` writes one arm's SFT set and preference pairs from the bank.
 """
 
@@ -26,6 +28,7 @@ from typing import Any
 
 from optimus_lib.data.io import atomic_path, write_json
 from optimus_lib.errors import OptimusError
+from optimus_lib.evaluate.stats import finite
 
 # What each seed contributes to the bank: prepare_data's three sets, the seed's scan
 # and its heal (SFT set and preference pairs).
@@ -39,15 +42,16 @@ def bank_seeds(parts: dict[str, Iterable[tuple[Path, dict[str, Any]]]], out: Pat
 
     ``parts`` maps every name in :data:`BANK_PARTS` to ``(path, metadata)`` pairs, one per
     seed, in any order: each file is placed by the ``seed`` its producer recorded in the
-    metadata (a fan-in's order is not a contract). The threshold of each seed's scan is
-    read from the scored set's metadata (``detector.threshold``). Every part must cover
-    the same seeds exactly once.
+    metadata (a fan-in's order is not a contract). The detector of each seed's classify
+    (name, threshold, measured quality) is read from the scored set's metadata
+    (``detector``). Every part must cover the same seeds exactly once.
     """
     missing = [p for p in BANK_PARTS if p not in parts]
     if missing:
         raise OptimusError(f"seed bank: missing part(s) {', '.join(missing)}")
     by_part: dict[str, dict[int, Path]] = {}
-    thresholds: dict[int, float] = {}
+    detectors: dict[int, dict[str, Any]] = {}
+    sources: dict[int, str] = {}
     for part in BANK_PARTS:
         seen: dict[int, Path] = {}
         for path, meta in parts[part]:
@@ -57,9 +61,14 @@ def bank_seeds(parts: dict[str, Iterable[tuple[Path, dict[str, Any]]]], out: Pat
             if seed in seen:
                 raise OptimusError(f"seed bank: two {part} inputs for seed {seed}")
             seen[seed] = Path(path)
+            if part == "train":
+                sources[seed] = str(meta.get("source") or "")
             if part == "scored":
                 try:
-                    thresholds[seed] = float(meta["detector"]["threshold"])
+                    detectors[seed] = {
+                        **meta["detector"],
+                        "threshold": float(meta["detector"]["threshold"]),
+                    }
                 except (KeyError, TypeError, ValueError):
                     raise OptimusError(
                         f"seed bank: scored input of seed {seed} has no detector threshold"
@@ -78,7 +87,7 @@ def bank_seeds(parts: dict[str, Iterable[tuple[Path, dict[str, Any]]]], out: Pat
         for part in BANK_PARTS:
             with atomic_path(d / f"{part}.jsonl") as tmp:
                 shutil.copyfile(by_part[part][seed], tmp)
-        write_json(d / "threshold.json", {"threshold": thresholds[seed]})
+        write_json(d / "meta.json", {"detector": detectors[seed], "source": sources[seed]})
     return seeds
 
 
@@ -93,7 +102,10 @@ class ArmInputs:
     detector_recall: float | None = None
     detector_precision: float | None = None
     uses_preferences: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    # classify's detector for this arm: name and threshold, recall/precision at the arm's
+    # recall (what the registered model card and lineage report)
+    detector: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # where the seed's training data came from (prepare_data)
 
     def labels(self) -> dict[str, Any]:
         """The arm's identity and detector quality, carried into its evaluation (unknown
@@ -107,6 +119,14 @@ class ArmInputs:
             "detector_precision": self.detector_precision,
         }
         return {k: v for k, v in out.items() if v is not None}
+
+
+def parse_arm(arm: Any) -> tuple[int, float, str]:
+    """``(seed, recall, method)`` of an arm ``{"seed", "recall", "method"}``."""
+    try:
+        return int(arm["seed"]), float(arm["recall"]), str(arm["method"])
+    except (KeyError, TypeError, ValueError):
+        raise OptimusError(f"arm: needs seed, recall and method, got {arm!r}") from None
 
 
 def arm_inputs(
@@ -139,11 +159,13 @@ def arm_inputs(
     if not 0.0 < recall <= 1.0:
         raise OptimusError(f"recall: {recall} is not in (0, 1]")
     d = bank / f"seed{seed}"
-    if not (d / "threshold.json").is_file():
+    if not (d / "meta.json").is_file():
         have = sorted(p.name for p in bank.glob("seed*")) if bank.is_dir() else []
         raise OptimusError(f"seed bank {bank}: no seed {seed} (has: {', '.join(have) or 'none'})")
-    threshold = float(json.loads((d / "threshold.json").read_text(encoding="utf-8"))["threshold"])
-    arm = ArmInputs(seed=seed, recall_target=recall, method=method)
+    meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
+    detector = meta["detector"]
+    threshold = float(detector["threshold"])
+    arm = ArmInputs(seed=seed, recall_target=recall, method=method, source=meta.get("source", ""))
     with tempfile.TemporaryDirectory(prefix="optimus-arm-") as tmp_dir:
         tmp = Path(tmp_dir)
         sft, prefs = d / "train.jsonl", None
@@ -160,8 +182,15 @@ def arm_inputs(
             det = classify(cls, d / "scored.jsonl", scored)
             q = det.quality or {}
             arm.flagged = det.flagged
-            arm.detector_recall = _finite(q.get("recall"))
-            arm.detector_precision = _finite(q.get("precision"))
+            arm.detector_recall = finite(q.get("recall"))
+            arm.detector_precision = finite(q.get("precision"))
+            arm.detector = {
+                "name": detector.get("name", ""),
+                "threshold": threshold,
+                "recall_target": recall,
+                **{k: finite(q.get(k)) for k in ("recall", "precision", "fpr", "auc")},
+            }
+            arm.detector = {k: v for k, v in arm.detector.items() if v is not None}
             sft = scored
             if method in HEALED or method == "fixed_heal":
                 h = heal_settings
@@ -187,10 +216,4 @@ def arm_inputs(
     return arm
 
 
-def _finite(v: Any) -> float | None:
-    import math
-
-    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-__all__ = ["BANK_PARTS", "HEALED", "ArmInputs", "arm_inputs", "bank_seeds"]
+__all__ = ["BANK_PARTS", "HEALED", "ArmInputs", "arm_inputs", "bank_seeds", "parse_arm"]

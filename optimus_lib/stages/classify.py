@@ -6,7 +6,7 @@ explicit value: the one given, or the calibrated one; it is returned so the next
 (heal) receives it as an input instead of reading it off a shared object.
 
 To show robustness the detector can be weakened on purpose (``target_recall``, optionally
-inside one ``weaken_category``): the METHOD.md "imperfect classifier" simulation.
+inside one ``weaken_category``): the "imperfect classifier" simulation of docs/method.md.
 """
 
 from __future__ import annotations
@@ -19,20 +19,20 @@ from pydantic import Field
 
 from optimus_lib.data.io import read_jsonl, read_samples, write_jsonl
 from optimus_lib.errors import OptimusError
-from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
 
 class ClassifySettings(Strict):
     """Which detector flags dialogs, and at what threshold."""
 
-    detector: str = Field(
+    detector: DetectorName = Field(
         "auto",
         description="auto (llm-judge when 'model' is a judge other than the bundled one, "
         "else stack), stack, llm-judge, lexical, wordlist, hf-classifier, oracle; 'a+b' "
         "mean, 'max(a,b)' max ensemble",
     )
-    model: str = BUNDLED_MODEL  # judge model (llm-judge) or classifier (hf-classifier)
+    model: ModelSpec = BUNDLED_MODEL  # judge model (llm-judge) or classifier (hf-classifier)
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     # "fpr"/"f1" on labelled data ("devset" = the bundled dev set), "gmm": two-component
     # mixture over this dataset's own scores (no labels).

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from optimus_lib.data.io import read_samples, write_jsonl
 from optimus_lib.data.schema import Sample, sample_to_record
@@ -45,6 +45,21 @@ class DataSettings(Strict):
     # "jailbreak:<variant>" or "perturb:<kind>" (see optimus_lib.threats.attacks).
     evasion: str | None = None
     evasion_rate: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("train_uri", "eval_toxic_uri", "eval_benign_uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        """The form of a data URI (a local path is checked where it is read: on a cluster
+        it names a file in the task's pod)."""
+        if v.startswith("gs://"):
+            bucket, _, name = v[5:].partition("/")
+            if not bucket or not name:
+                raise ValueError(f"{v}: expected gs://BUCKET/OBJECT")
+        elif v.startswith("hf:") and not v[3:].strip(":"):
+            raise ValueError(f"{v}: expected hf:NAME[:SPLIT] or hf:NAME@REVISION[:SPLIT]")
+        elif "://" in v and not v.startswith("file://"):
+            raise ValueError(f"{v}: use a local path, file://, gs://BUCKET/OBJECT or hf:NAME")
+        return v
 
     @model_validator(mode="after")
     def _threat(self) -> DataSettings:

@@ -23,7 +23,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from optimus_lib.data.io import atomic_path, read_samples, write_json
-from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.evaluate.stats import finite
+from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 
 
 class Gates(Strict):
@@ -37,8 +38,8 @@ class Gates(Strict):
 
 
 class EvaluateSettings(Strict):
-    model: str = BUNDLED_MODEL  # the base model the adapter was trained on
-    evaluator: str = "lexical"
+    model: ModelSpec = BUNDLED_MODEL  # the base model the adapter was trained on
+    evaluator: DetectorName = "lexical"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -77,16 +78,12 @@ class EvaluateResult:
 
     def as_metrics(self) -> dict[str, float]:
         """Numeric metrics for the KFP UI (``base_`` prefix for the base model)."""
-        out = {k: float(v) for k, v in self.metrics.items() if _finite(v)}
+        out = {k: float(v) for k, v in self.metrics.items() if finite(v) is not None}
         for k, v in (self.base_metrics or {}).items():
-            if _finite(v):
+            if finite(v) is not None:
                 out[f"base_{k}"] = float(v)
         out["passed"] = float(self.passed)
         return out
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def verdict(

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from optimus_lib.data.io import read_jsonl, write_jsonl
 from optimus_lib.data.schema import Sample, parse_record
 from optimus_lib.errors import OptimusError
-from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
 FIXED_REPLY = (
@@ -39,7 +39,7 @@ class HealSettings(Strict):
     """Contextual (aligned-model) or fixed-reply healing."""
 
     mode: Literal["contextual", "fixed"] = "contextual"
-    model: str = BUNDLED_MODEL  # the aligned model that writes healed replies
+    model: ModelSpec = BUNDLED_MODEL  # the aligned model that writes healed replies
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     temperature: float = Field(0.7, gt=0.0)
     max_new_tokens: int = Field(48, ge=1, le=1024)
@@ -47,13 +47,25 @@ class HealSettings(Strict):
     # Retry safe replies that refuse or apologise (healer.py: they teach over-refusal).
     reject_refusals: bool = True
     batch_size: int = Field(16, ge=1)
-    rescore_detector: str = "auto"  # llm-judge with a non-bundled model, else stack
+    # Re-scores healed replies: llm-judge with a non-bundled model, else stack ("auto").
+    # Never the label-reading oracle: a healed reply has no label.
+    rescore_detector: DetectorName = "auto"
     rescore_threshold: float | None = Field(None, ge=0.0, le=1.0)
     fixed_reply: str = FIXED_REPLY
     seed: int = 0
     engine: Literal["auto", "transformers", "vllm"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
+
+    @field_validator("rescore_detector")
+    @classmethod
+    def _no_oracle(cls, v: str) -> str:
+        if "oracle" in v:
+            raise ValueError(
+                "the oracle reads labels and healed replies have none; name a text detector "
+                "(e.g. wordlist)"
+            )
+        return v
 
 
 @dataclass
@@ -77,8 +89,6 @@ def build_healer(settings: HealSettings, threshold: float):
     h = settings
     if h.mode == "fixed":
         return FixedHealer(h.fixed_reply)
-    if "oracle" in h.rescore_detector:
-        raise OptimusError("rescore_detector: the oracle reads labels; healed replies have none")
     from optimus_lib.detect.base import DetectorOptions, build_detector
     from optimus_lib.models.engine import build_engine
 

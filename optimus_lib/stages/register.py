@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+import yaml
+from pydantic import Field, field_validator
 
 from optimus_lib import __version__
 from optimus_lib.errors import OptimusError
@@ -42,6 +43,25 @@ class RegisterSettings(Strict):
     uri: str = "runs/registry"  # a local folder, file://, gs://b/p or kubeflow-registry://
     name: str = Field("optimus-chat", description="model name: letters, digits, . _ -")
     version: str = ""  # empty: the next free v<N>
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        try:
+            open_registry(v)  # parses the URI; no backend is contacted until first use
+        except OptimusError as exc:
+            raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("name", "version")
+    @classmethod
+    def _names(cls, v: str, info) -> str:
+        if v or info.field_name == "name":
+            try:
+                check_name(info.field_name, v)
+            except OptimusError as exc:
+                raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return v
 
 
 @dataclass
@@ -71,49 +91,88 @@ def _load_evaluation(path: Path) -> dict[str, Any]:
     return ev
 
 
+def _hub_dataset(lineage: dict[str, Any] | str) -> str:
+    """The hub dataset the training data came from (``hf:NAME[@REV][:SPLIT]``), or ''."""
+    source = lineage if isinstance(lineage, str) else str(lineage.get("source") or "")
+    return source[3:].split(":")[0].split("@")[0] if source.startswith("hf:") else ""
+
+
+CARD_METRICS = ("rtr_toxic", "rtr_benign", "perplexity", "over_refusal", "distinct_2", "similarity")
+
+
 def model_card(name: str, version: str, ev: dict[str, Any], lineage: dict[str, Any]) -> str:
-    """A Markdown model card (dataset text never lands here: only numbers and settings)."""
+    """A Markdown model card with Hugging Face front matter, so hub and registry UIs read
+    it (dataset text never lands here: only numbers and settings).
+
+    The reference column is what the gates compared with: the base model on the defense
+    pipeline, no_defense on the same data when an experiment promoted the model (with the
+    paired interval of the toxic-RTR difference that passed).
+    """
     m, base, gate = ev["metrics"], ev.get("base_metrics") or {}, ev["gate"]
+    reference = ev.get("base_name") or "base model"
     train = lineage.get("train", {})
+    base_id = train.get("base_model_id") or train.get("base_model", "?")
+    revision = train.get("base_model_revision")
 
     def f(v: Any) -> str:
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     rows = "\n".join(
-        f"| {k} | {f(m[k])} | {f(base.get(k, ''))} |"
-        for k in (
-            "rtr_toxic",
-            "rtr_benign",
-            "perplexity",
-            "over_refusal",
-            "distinct_2",
-            "similarity",
-        )
+        f"| {k} | {f(m[k])} | {f(base[k]) if k in base else 'n/a'} |"
+        for k in CARD_METRICS
         if k in m
     )
     gates = "\n".join(f"- {c}" for c in gate.get("checked", [])) or "- none checked"
     detector = lineage.get("detector", {})
     det = ", ".join(f"{k} {f(v)}" for k, v in detector.items()) or "not recorded"
-    return f"""# {name} {version}
+    front = {
+        "base_model": base_id,
+        "library_name": "peft",
+        "pipeline_tag": "text-generation",
+        "tags": ["optimus", "lora", "dpo", "safety", str(train.get("method", "?"))],
+        **({"license": train["base_model_license"]} if train.get("base_model_license") else {}),
+        **({"datasets": [_hub_dataset(lineage["source"])]} if _hub_dataset(lineage) else {}),
+    }
+    promotion = ev.get("promotion") or {}
+    effect = (promotion.get("control") or {}).get("rtr_toxic_diff") or []
+    paired = ""
+    if len(effect) == 2 and None not in effect:
+        paired = (
+            f"\nPaired toxic-RTR difference to {reference} on the same contexts: 95 % "
+            f"interval [{effect[0]:+.3f}, {effect[1]:+.3f}].\n"
+        )
+    return f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+# {name} {version}
 
 A LoRA adapter fine-tuned by Optimus on dialog data that was not fully trusted: toxic
-replies were flagged, healed and used as DPO negatives (METHOD.md).
+replies were flagged, healed in context and used as DPO negatives (docs/method.md in the
+Optimus repository).
 
-- **Base model**: {train.get("base_model", "?")}
+- **Base model**: {base_id}{f"@{revision}" if revision else " (revision not pinned)"}
+- **Weights trained on**: {train.get("base_model_source") or base_id}
 - **Method**: {train.get("method", "?")}
 - **Detector (classify)**: {det}
 - **Evaluator**: {ev.get("evaluator", "?")}
 - **optimus_lib**: {lineage.get("optimus_lib_version", __version__)}
 - **Gate**: {"passed" if gate["passed"] else "failed"}
 
+## Load it
+```python
+from peft import AutoPeftModelForCausalLM
+
+model = AutoPeftModelForCausalLM.from_pretrained("adapter")  # this version's adapter/ folder
+```
+
 ## Gates
 {gates}
 
-## Metrics (fine-tuned vs base model)
-| metric | fine-tuned | base |
+## Metrics (fine-tuned vs {reference})
+| metric | fine-tuned | {reference} |
 |---|---|---|
 {rows}
-
+{paired}
 ## Intended use and limits
 A research or staging chat model. RTR is measured by an automatic evaluator on a small
 held-out set; it bounds, but does not prove, the model's behaviour on real traffic.
@@ -136,8 +195,13 @@ def register(
     ev = _load_evaluation(evaluation)
     if not ev["gate"].get("passed"):
         raise OptimusError(f"{evaluation}: the model did not pass evaluate's gates")
+    # the base model as the adapter names it (what PEFT loads), when the caller's lineage
+    # has no training metadata (e.g. `optimus models register`)
+    named = _adapter_base(adapter)
+    train = {**named, **(lineage.get("train") or {})}
     lineage = {
         **lineage,
+        **({"train": train} if train else {}),
         "optimus_lib_version": __version__,
         "adapter_digest": file_digest(adapter),
         "evaluation_digest": file_digest(evaluation),
@@ -165,6 +229,19 @@ def register(
     _move_latest(reg, s.name, info.version)
     base = f"models/{s.name}/{info.version}"
     return RegisterResult(info.uri, info.version, reg.local_path(base), cards[info.version])
+
+
+def _adapter_base(adapter: Path) -> dict[str, Any]:
+    """``base_model_id`` / ``base_model_revision`` from an adapter's adapter_config.json."""
+    try:
+        cfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    out = {
+        "base_model_id": cfg.get("base_model_name_or_path"),
+        "base_model_revision": cfg.get("revision"),
+    }
+    return {k: v for k, v in out.items() if v}
 
 
 def _json_bytes(obj: Any) -> bytes:

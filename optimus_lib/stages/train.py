@@ -30,7 +30,7 @@ from pydantic import Field
 from optimus_lib import __version__
 from optimus_lib.data.io import read_jsonl, read_samples
 from optimus_lib.errors import OptimusError
-from optimus_lib.settings import BUNDLED_MODEL, Strict
+from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 from optimus_lib.train.config import DPOConfig, SFTConfig
 
@@ -43,14 +43,14 @@ class TrainSettings(Strict):
     """Which method, on which base model, with which hyperparameters."""
 
     method: Method = "optimus"
-    model: str = BUNDLED_MODEL  # the chat model being fine-tuned
+    model: ModelSpec = BUNDLED_MODEL  # the chat model being fine-tuned
     seed: int = 0
     sft: SFTConfig = SFTConfig()
     dpo: DPOConfig = DPOConfig()
     save_steps: int = Field(25, ge=1)
     checkpoint_root: str | None = None  # default: $OPTIMUS_CACHE/checkpoints
     # STAR-DSS guard: scores growing prefixes of flagged replies (label-free detector).
-    star_guard: str = "wordlist"
+    star_guard: DetectorName = "wordlist"
     star_threshold: float = Field(0.5, ge=0.0, le=1.0)
     trust_remote_code: bool = False
     progress: bool = False
@@ -127,8 +127,9 @@ def _log_metrics(stage_dir: Path, prefix: str) -> dict[str, float]:
     return out
 
 
-def _publish(adapter: Path, adapter_out: Path) -> None:
-    """Copy the finished adapter to ``adapter_out`` (temp folder + rename: never partial).
+def _publish(adapter: Path, adapter_out: Path, model: str, method: str) -> None:
+    """Copy the finished adapter to ``adapter_out`` (temp folder + rename: never partial),
+    named for use elsewhere (:func:`portable_adapter`).
 
     Under ``accelerate launch`` only the main process writes.
     """
@@ -141,9 +142,49 @@ def _publish(adapter: Path, adapter_out: Path) -> None:
     tmp = adapter_out.with_name(f".{adapter_out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(adapter, tmp)
+    portable_adapter(tmp, model, method)
     if adapter_out.exists():
         shutil.rmtree(adapter_out)
     os.replace(tmp, adapter_out)
+
+
+def portable_adapter(folder: Path, model: str, method: str) -> None:
+    """Make an adapter folder loadable on another machine.
+
+    PEFT records the base model as the path it was loaded from (here a cache folder on
+    the trainer), in ``adapter_config.json`` and in the README's front matter, so nobody
+    who pulls the adapter can load it with ``AutoPeftModelForCausalLM``. Both name the
+    public model instead (its hub id and pinned revision); the local spec stays in the
+    training metadata and the registry's lineage.
+    """
+    from optimus_lib.models.specs import public_model
+
+    pub = public_model(model)
+    cfg_path = folder / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg["base_model_name_or_path"] = pub.id
+    cfg["revision"] = pub.revision
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    pin = f"@{pub.revision}" if pub.revision else " (revision not pinned)"
+    source = f"\nWeights: {pub.source}.\n" if pub.source else ""
+    (folder / "README.md").write_text(
+        f"""---
+base_model: {pub.id}
+library_name: peft
+tags: [optimus, lora, {method}]
+---
+# Optimus {method} adapter
+
+A LoRA adapter for `{pub.id}`{pin}, trained by Optimus (method `{method}`).
+{source}
+```python
+from peft import AutoPeftModelForCausalLM
+
+model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")
+```
+""",
+        encoding="utf-8",
+    )
 
 
 def train(
@@ -176,8 +217,15 @@ def train(
     key = key[:20]
     root = checkpoint_dir(s, key)
     tok = load_tokenizer(s.model, s.trust_remote_code)
+    from optimus_lib.models.specs import public_model
+
+    pub = public_model(s.model)
     metadata = {
         "base_model": s.model,
+        "base_model_id": pub.id,
+        **({"base_model_revision": pub.revision} if pub.revision else {}),
+        **({"base_model_source": pub.source} if pub.source else {}),
+        **({"base_model_license": pub.license} if pub.license else {}),
         "method": s.method,
         "optimus_lib_version": __version__,
         "settings_digest": key,
@@ -187,7 +235,7 @@ def train(
     }
     if s.method == "star_dss":
         adapter = _train_star_dss(s, sft_data, recs, samples, root, tok)
-        _publish(adapter, adapter_out)
+        _publish(adapter, adapter_out, s.model, s.method)
         return TrainResult(
             Path(adapter_out),
             s.method,
@@ -198,18 +246,10 @@ def train(
             metadata,
         )
     records = build_sft_records(samples, tok, s.sft.max_length)
+    run = _run(s, root)
     sft_adapter = root / "sft" / "adapter"
     if not sft_adapter.is_dir():  # else: finished earlier by a task with the same key
-        train_sft(
-            s.model,
-            records,
-            root / "sft",
-            s.sft,
-            s.seed,
-            s.save_steps,
-            s.trust_remote_code,
-            s.progress,
-        )
+        train_sft(run.stage("sft"), records, s.sft)
     metrics = _log_metrics(root / "sft", "sft")
     adapter, n_pairs = sft_adapter, 0
     if s.method in USES_DPO:
@@ -218,22 +258,19 @@ def train(
         if pairs:
             adapter = root / "dpo" / "adapter"
             if not adapter.is_dir():
-                train_dpo(
-                    s.model,
-                    sft_adapter,
-                    pairs,
-                    root / "dpo",
-                    s.dpo,
-                    s.seed,
-                    s.save_steps,
-                    s.trust_remote_code,
-                    s.progress,
-                )
+                train_dpo(run.stage("dpo"), sft_adapter, pairs, s.dpo)
             metrics.update(_log_metrics(root / "dpo", "dpo"))
         else:
             metadata["note"] = "no preference pairs (nothing flagged): DPO skipped"
-    _publish(adapter, adapter_out)
+    _publish(adapter, adapter_out, s.model, s.method)
     return TrainResult(Path(adapter_out), s.method, len(records), n_pairs, key, metrics, metadata)
+
+
+def _run(s: TrainSettings, root: Path):
+    """The stages' shared run settings, under the content-keyed checkpoint folder."""
+    from optimus_lib.train.trainers import StageRun
+
+    return StageRun(s.model, root, s.seed, s.save_steps, s.trust_remote_code, s.progress)
 
 
 def _train_star_dss(s: TrainSettings, path: Path, recs, samples, root: Path, tok) -> Path:
@@ -260,9 +297,7 @@ def _train_star_dss(s: TrainSettings, path: Path, recs, samples, root: Path, tok
         guard = build_detector(s.star_guard, DetectorOptions(threshold=s.star_threshold))
         for i, w in zip(flagged, compute_token_weights([samples[i] for i in flagged], tok, guard)):
             weights[i] = w
-    return train_star_dss(
-        s.model, samples, weights, out, s.sft, s.seed, s.save_steps, s.trust_remote_code, s.progress
-    )
+    return train_star_dss(_run(s, root).stage("star-dss"), samples, weights, s.sft)
 
 
 def merge_adapter(model: str, adapter: Path, out: Path, trust_remote_code: bool = False) -> Path:

@@ -1,4 +1,4 @@
-"""Data builders for the threat models and adaptive attacks in METHOD.md.
+"""Data builders for the threat models and adaptive attacks of docs/method.md.
 
 Each builder is a pure function of its inputs and a seed: the input samples are never
 mutated, and the same seed always builds the same set, so an attack run can be

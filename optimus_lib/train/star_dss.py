@@ -39,11 +39,11 @@ from optimus_lib.detect.base import Detector
 from optimus_lib.errors import OptimusError
 from optimus_lib.train.config import SFTConfig
 from optimus_lib.train.trainers import (
-    _finish,
-    _last_checkpoint,
+    StageRun,
     _lora,
-    _prepare,
     build_sft_records,
+    fit,
+    prepare,
     sft_args,
 )
 
@@ -322,15 +322,7 @@ def build_star_dss_rows(
 
 
 def build_star_dss_trainer(
-    base_spec: str,
-    samples: list[Sample],
-    weights: list[list[float]],
-    out: Path,
-    cfg: SFTConfig,
-    seed: int = 0,
-    save_steps: int = 25,
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    run: StageRun, samples: list[Sample], weights: list[list[float]], cfg: SFTConfig
 ) -> Any:
     """A ready :class:`StarDSSTrainer` with a fresh LoRA on the base model (not trained yet).
 
@@ -340,13 +332,11 @@ def build_star_dss_trainer(
 
     from optimus_lib.models.specs import load_model
 
-    tok = _prepare(base_spec, out, trust_remote_code)
+    tok = prepare(run)
     rows = build_star_dss_rows(samples, weights, tok, cfg.max_length)
-    model = load_model(base_spec, "cpu", trust_remote_code)
-    args = sft_args(out, cfg, seed, save_steps, progress)
     return star_dss_trainer_class()(
-        model=model,
-        args=args,
+        model=load_model(run.base, "cpu", run.trust_remote_code),
+        args=sft_args(run, cfg),
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         peft_config=_lora(cfg.lora),
@@ -355,35 +345,21 @@ def build_star_dss_trainer(
 
 
 def train_star_dss(
-    base_spec: str,
-    samples: list[Sample],
-    weights: list[list[float]],
-    out: Path,
-    cfg: SFTConfig,
-    seed: int = 0,
-    save_steps: int = 25,
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    run: StageRun, samples: list[Sample], weights: list[list[float]], cfg: SFTConfig
 ) -> Path:
-    """LoRA STAR-DSS fine-tuning from the base model; returns ``<out>/adapter``.
+    """LoRA STAR-DSS fine-tuning from the base model; returns ``<run.out>/adapter``.
 
     ``weights`` come from :func:`compute_token_weights` with the base model's tokenizer.
-    Same contract as ``train_sft``: checkpoints in ``<out>/checkpoints`` (a rerun resumes),
-    adapter written atomically, model card and training log next to it.
+    Same contract as ``train_sft`` (:func:`optimus_lib.train.trainers.fit`).
     """
-    trainer = build_star_dss_trainer(
-        base_spec, samples, weights, out, cfg, seed, save_steps, trust_remote_code, progress
-    )
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
+    trainer = build_star_dss_trainer(run, samples, weights, cfg)
     flat = [x for w in weights for x in w]
     card = {
         "stage": "STAR-DSS",
-        "base model": base_spec,
+        "base model": run.base,
         "reference": "the base model (LoRA adapter disabled)",
         "samples": len(samples),
         "mean token weight": round(sum(flat) / max(1, len(flat)), 4),
         "tokens pulled to the reference (w < 0.5)": sum(x < 0.5 for x in flat),
-        "settings": cfg.model_dump_json(),
-        "seed": seed,
     }
-    return _finish(trainer, out, card)
+    return fit(trainer, run, {**card, "settings": cfg.model_dump_json(), "seed": run.seed})

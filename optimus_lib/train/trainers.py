@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,30 @@ def build_dpo_pairs(
     return fit_preferences(pairs, tokenizer, max_length)
 
 
+@dataclass(frozen=True)
+class StageRun:
+    """Where and how one training stage (SFT, DPO or STAR-DSS) runs: what every stage
+    shares, apart from its data and its hyperparameters.
+
+    ``out`` holds ``checkpoints/`` (a rerun resumes from the newest), then the final
+    ``adapter/`` (written atomically), ``train_log.json`` and a small ``README.md``.
+    """
+
+    base: str  # the base model spec
+    out: Path
+    seed: int = 0
+    save_steps: int = 25
+    trust_remote_code: bool = False
+    progress: bool = True
+
+    def stage(self, name: str) -> StageRun:
+        """The same run for another stage, in ``out/<name>``."""
+        return StageRun(
+            self.base, self.out / name, self.seed, self.save_steps,
+            self.trust_remote_code, self.progress,
+        )  # fmt: skip
+
+
 def _lora(cfg: LoraConfig):
     from peft import LoraConfig as PeftLora
 
@@ -141,12 +166,10 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir))
 
 
-def _common_args(
-    out: Path, cfg: SFTConfig | DPOConfig, seed: int, save_steps: int, progress: bool
-) -> dict[str, Any]:
+def _common_args(run: StageRun, cfg: SFTConfig | DPOConfig) -> dict[str, Any]:
     """Trainer arguments shared by SFT, DPO and STAR-DSS (constant LR, as in the paper)."""
     return {
-        "output_dir": str(out / "checkpoints"),
+        "output_dir": str(run.out / "checkpoints"),
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs,
         "per_device_train_batch_size": cfg.batch_size,
@@ -155,13 +178,13 @@ def _common_args(
         "warmup_steps": 0,
         "logging_steps": 5,
         "save_strategy": "steps",
-        "save_steps": save_steps,
+        "save_steps": run.save_steps,
         "save_total_limit": 1,
         "report_to": [],
-        "seed": seed,
-        "data_seed": seed,
+        "seed": run.seed,
+        "data_seed": run.seed,
         "dataloader_num_workers": 0,
-        "disable_tqdm": not progress,
+        "disable_tqdm": not run.progress,
         "bf16": _use_bf16(),
         "gradient_checkpointing": cfg.gradient_checkpointing,
         # Explicit on CPU-only machines so that several processes under
@@ -227,9 +250,12 @@ def _save_adapter(trainer, folder: Path) -> None:
         )
 
 
-def _finish(trainer, out: Path, card: dict[str, Any]) -> Path:
-    """Save the adapter atomically (every process joins the save), drop checkpoints,
-    write a small model card."""
+def fit(trainer, run: StageRun, card: dict[str, Any]) -> Path:
+    """Train (resuming from the newest checkpoint in ``run.out``), then save the adapter
+    atomically (every process joins the save), drop the checkpoints and write a small
+    model card; returns the adapter folder. The one ending of every training stage."""
+    out = run.out
+    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     final = out / "adapter"
     tmp = out / "adapter.tmp"
     if trainer.accelerator.is_main_process:
@@ -257,64 +283,46 @@ def _model_card(out: Path, card: dict[str, Any]) -> None:
     (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _prepare(base_spec: str, out: Path, trust_remote_code: bool):
+def prepare(run: StageRun):
     """Output folder and a right-padded tokenizer (what the TRL collators expect)."""
     from optimus_lib.models.specs import load_tokenizer
 
-    out.mkdir(parents=True, exist_ok=True)
-    tok = load_tokenizer(base_spec, trust_remote_code)
+    run.out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(run.base, run.trust_remote_code)
     tok.padding_side = "right"
     return tok
 
 
-def sft_args(out: Path, cfg: SFTConfig, seed: int, save_steps: int, progress: bool):
+def sft_args(run: StageRun, cfg: SFTConfig):
     """TRL SFT arguments: loss on the completion only, no packing."""
     from trl import SFTConfig as TrlSFTConfig
 
     return TrlSFTConfig(
-        **_common_args(out, cfg, seed, save_steps, progress),
+        **_common_args(run, cfg),
         max_length=cfg.max_length,
         completion_only_loss=True,
         packing=False,
     )
 
 
-def train_sft(
-    base_spec: str,
-    records: list[dict[str, Any]],
-    out: Path,
-    cfg: SFTConfig,
-    seed: int = 0,
-    save_steps: int = 25,
-    trust_remote_code: bool = False,
-    progress: bool = True,
-) -> Path:
+def train_sft(run: StageRun, records: list[dict[str, Any]], cfg: SFTConfig) -> Path:
     """LoRA SFT from the base model; returns the adapter folder."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     from optimus_lib.models.specs import load_model
 
-    tok = _prepare(base_spec, out, trust_remote_code)
-    model = load_model(base_spec, "cpu", trust_remote_code)
-    args = sft_args(out, cfg, seed, save_steps, progress)
+    tok = prepare(run)
     trainer = SFTTrainer(
-        model=model,
-        args=args,
+        model=load_model(run.base, "cpu", run.trust_remote_code),
+        args=sft_args(run, cfg),
         train_dataset=Dataset.from_list(records),
         processing_class=tok,
         peft_config=_lora(cfg.lora),
     )
     _check_data(trainer, "sft", cfg.max_length)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
-    card = {
-        "stage": "SFT",
-        "base model": base_spec,
-        "samples": len(records),
-        "settings": cfg.model_dump_json(),
-        "seed": seed,
-    }
-    return _finish(trainer, out, card)
+    card = {"stage": "SFT", "base model": run.base, "samples": len(records)}
+    return fit(trainer, run, {**card, "settings": cfg.model_dump_json(), "seed": run.seed})
 
 
 def dpo_steps(cfg: DPOConfig, n_pairs: int, world_size: int = 1) -> int:
@@ -324,7 +332,7 @@ def dpo_steps(cfg: DPOConfig, n_pairs: int, world_size: int = 1) -> int:
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def dpo_args(out: Path, cfg: DPOConfig, n_pairs: int, seed: int, save_steps: int, progress: bool):
+def dpo_args(run: StageRun, cfg: DPOConfig, n_pairs: int):
     """TRL DPO arguments: sigmoid loss (+ the RPO NLL term on chosen when ``rpo_alpha``),
     and ``max_steps`` set only when the cap binds (otherwise ``epochs`` decide, as before).
     """
@@ -339,7 +347,7 @@ def dpo_args(out: Path, cfg: DPOConfig, n_pairs: int, seed: int, save_steps: int
     if cfg.max_steps and dpo_steps(cfg, n_pairs, world_size()) == cfg.max_steps:
         extra["max_steps"] = cfg.max_steps
     return TrlDPOConfig(
-        **_common_args(out, cfg, seed, save_steps, progress),
+        **_common_args(run, cfg),
         beta=cfg.beta,
         max_length=cfg.max_length,
         precompute_ref_log_probs=cfg.precompute_ref,
@@ -349,15 +357,7 @@ def dpo_args(out: Path, cfg: DPOConfig, n_pairs: int, seed: int, save_steps: int
 
 
 def train_dpo(
-    base_spec: str,
-    sft_adapter: Path,
-    pairs: list[dict[str, Any]],
-    out: Path,
-    cfg: DPOConfig,
-    seed: int = 0,
-    save_steps: int = 25,
-    trust_remote_code: bool = False,
-    progress: bool = True,
+    run: StageRun, sft_adapter: Path, pairs: list[dict[str, Any]], cfg: DPOConfig
 ) -> Path:
     """DPO continuing the SFT adapter, with the frozen SFT adapter as the reference."""
     from datasets import Dataset
@@ -366,29 +366,24 @@ def train_dpo(
 
     from optimus_lib.models.specs import load_model
 
-    tok = _prepare(base_spec, out, trust_remote_code)
-    base = load_model(base_spec, "cpu", trust_remote_code)
-    model = PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True)
-    args = dpo_args(out, cfg, len(pairs), seed, save_steps, progress)
+    tok = prepare(run)
+    base = load_model(run.base, "cpu", run.trust_remote_code)
     trainer = DPOTrainer(
-        model=model,
+        model=PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True),
         ref_model=None,
-        args=args,
+        args=dpo_args(run, cfg, len(pairs)),
         train_dataset=Dataset.from_list(pairs),
         processing_class=tok,
     )
     _check_data(trainer, "dpo", cfg.max_length)
-    trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     card = {
         "stage": "DPO",
-        "base model": base_spec,
+        "base model": run.base,
         "started from": str(sft_adapter),
         "reference": "frozen copy of the SFT adapter",
         "pairs": len(pairs),
-        "settings": cfg.model_dump_json(),
-        "seed": seed,
     }
-    return _finish(trainer, out, card)
+    return fit(trainer, run, {**card, "settings": cfg.model_dump_json(), "seed": run.seed})
 
 
 def load_trained(

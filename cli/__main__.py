@@ -1,0 +1,5 @@
+"""``python -m cli``: the ``optimus`` command."""
+
+from cli import main
+
+main()

@@ -1,0 +1,156 @@
+"""What the defense and experiment pipelines share: where tasks run, the curation wiring
+(prepare_data -> classify -> heal) and the registry steps.
+
+Resource profiles are named by the kind of work, not borrowed from another task's row:
+``light`` (bookkeeping: registry writes, fan-in), ``data`` (reading and writing JSONL),
+``inference`` (a model scores or generates: classify, heal, evaluate) and ``train``.
+GPU placement (accelerator, node selector, tolerations, the model-cache PVC, the
+optional Hugging Face token) comes from pipeline parameters through kfp-kubernetes, so
+one compiled YAML serves every cluster.
+
+A pipeline built with ``cluster=False`` (what the local runner runs) has none of the
+Kubernetes settings and no retries: kfp.local (2.17) cannot resolve parameter-driven
+Kubernetes settings inside a ParallelFor, ignores them elsewhere, and would retry a
+task's user error after its back-off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from kfp import dsl, kubernetes
+
+from components.classify.component import classify
+from components.heal.component import heal
+from components.prepare_data.component import prepare_data
+from components.record_rejection.component import record_rejection
+from components.register.component import register
+
+# Where GPU tasks mount the cache PVC (converted models, Hugging Face downloads, training
+# checkpoints). A mount path cannot be a runtime parameter; the ``cache_dir`` parameter
+# tells the components to use it (empty for runs without the PVC).
+CACHE_MOUNT = "/optimus-cache"
+# (cpu request, cpu limit, memory request, memory limit) per kind of work.
+PROFILES = {
+    "light": ("500m", "1", "1G", "2G"),
+    "data": ("1", "2", "2G", "4G"),
+    "inference": ("2", "4", "16G", "32G"),
+    "train": ("4", "8", "32G", "64G"),
+}
+DEFAULT_NODE_SELECTOR = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+DEFAULT_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+# dpo_train resumes from its checkpoints on the PVC, so a retry after a lost node or an
+# out-of-memory kill continues where it stopped.
+# KFP's ids of the run and the task, for the registry's lineage.
+RUN_IDS = {
+    "run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    "run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    "task_id": dsl.PIPELINE_TASK_ID_PLACEHOLDER,
+}
+TRAIN_RETRIES = {"num_retries": 2, "backoff_duration": "60s", "backoff_factor": 2.0}
+
+
+@dataclass
+class Placement:
+    """Where a pipeline's tasks run: its placement parameters, and whether the pipeline
+    is built for a cluster (Kubernetes settings and retries) or for kfp.local."""
+
+    accelerator_type: Any
+    accelerator_count: Any
+    node_selector: Any
+    tolerations: Any
+    cache_pvc: Any
+    hf_token_secret: Any
+    cache_dir: Any
+    cluster: bool = True
+
+    def cpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
+        """CPU and memory requests and limits of ``profile``."""
+        cpu_req, cpu_lim, mem_req, mem_lim = PROFILES[profile]
+        return (
+            task.set_cpu_request(cpu_req)
+            .set_cpu_limit(cpu_lim)
+            .set_memory_request(mem_req)
+            .set_memory_limit(mem_lim)
+        )
+
+    def gpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
+        """``profile``'s CPU and memory, and on a cluster the GPU node pool and the PVC."""
+        self.cpu(task, profile)
+        if not self.cluster:
+            return task
+        task.set_accelerator_type(self.accelerator_type)
+        task.set_accelerator_limit(self.accelerator_count)
+        kubernetes.add_node_selector_json(task, self.node_selector)
+        kubernetes.add_toleration_json(task, self.tolerations)
+        kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=self.hf_token_secret,
+            secret_key_to_env={"token": "HF_TOKEN"},
+            optional=True,
+        )
+        return task
+
+    def train(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The training task: the ``train`` profile on the GPU pool, retried on a cluster."""
+        self.gpu(task, "train")
+        if self.cluster:
+            task.set_retry(**TRAIN_RETRIES)
+        return task
+
+
+@dataclass
+class Curated:
+    """The curation tasks of one dataset: its data, its classification and its heal."""
+
+    data: dsl.PipelineTask
+    classified: dsl.PipelineTask
+    healed: dsl.PipelineTask
+
+
+def curate(
+    where: Placement,
+    data_settings: Any,
+    classify_settings: Any,
+    heal_settings: Any,
+    seed: Any = -1,
+) -> Curated:
+    """prepare_data -> classify -> heal: the training set, its scores and the threshold
+    classify used (heal's input), and the healed SFT set with its DPO pairs. ``seed`` is
+    a loop's seed (the experiment); -1 leaves each stage's own."""
+    data = prepare_data(settings=data_settings, seed=seed)
+    where.cpu(data, "data")
+    classified = classify(
+        dialogs=data.outputs["train"], settings=classify_settings, cache_dir=where.cache_dir
+    )
+    where.gpu(classified, "inference")
+    healed = heal(
+        scored=classified.outputs["scored"],
+        threshold=classified.outputs["Output"],
+        settings=heal_settings,
+        seed=seed,
+        cache_dir=where.cache_dir,
+    )
+    where.gpu(healed, "inference")
+    return Curated(data, classified, healed)
+
+
+def register_task(
+    where: Placement, adapter: Any, evaluation: Any, settings: Any
+) -> dsl.PipelineTask:
+    """register, uncached (a registry write must happen every run), with KFP's run ids."""
+    task = register(
+        adapter=adapter,
+        evaluation=evaluation,
+        settings=settings,
+        **RUN_IDS,
+    )
+    return where.cpu(task, "light").set_caching_options(False)
+
+
+def rejection_task(where: Placement, evaluation: Any, settings: Any) -> dsl.PipelineTask:
+    """record_rejection, uncached, with KFP's run ids (the branch that does not register)."""
+    task = record_rejection(evaluation=evaluation, settings=settings, **RUN_IDS)
+    return where.cpu(task, "light").set_caching_options(False)

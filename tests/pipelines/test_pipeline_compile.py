@@ -1,0 +1,340 @@
+"""Compiled YAML: golden files, Kubernetes settings of the defense pipeline, reuse of the
+committed components, image names, the import guard. No model, no kfp.local: seconds."""
+
+# No ``from __future__ import annotations``: kfp reads the pipeline's annotations as types.
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # components/ and pipelines/ are not installed packages
+    sys.path.insert(0, str(ROOT))
+
+kfp = pytest.importorskip("kfp")
+
+from components import EXPERIMENT_ONLY, NAMES, all_components, yaml_path  # noqa: E402
+
+GPU_TASKS = ("classify", "heal", "dpo-train", "evaluate")
+FAMILY = {
+    "prepare_data": "light",
+    "classify": "torch",
+    "heal": "torch",
+    "dpo_train": "torch",
+    "evaluate": "torch",
+    "register": "light",
+    "record_rejection": "light",
+    "seed_bank": "light",
+    "arm_inputs": "torch",
+    "compare_arms": "torch",
+}
+
+
+def _clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "OPTIMUS_REGISTRY"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+@pytest.fixture(scope="module")
+def defense() -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of the committed defense.yaml."""
+    spec, platform = yaml.safe_load_all((ROOT / "pipelines" / "defense.yaml").read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_committed_yaml_matches_a_fresh_compile():
+    """Golden: every component.yaml and pipeline YAML equals a fresh compile (the sdkVersion
+    line aside). On failure: `make compile` and commit the YAML."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipelines.compile", "--check"],
+        cwd=ROOT,
+        env=_clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_compile_is_deterministic(tmp_path):
+    from pipelines.compile import compile_all, normalise
+
+    first = {p.relative_to(tmp_path / "a"): p.read_text() for p in compile_all(tmp_path / "a")}
+    second = {p.relative_to(tmp_path / "b"): p.read_text() for p in compile_all(tmp_path / "b")}
+    assert first.keys() == second.keys()
+    assert all(normalise(first[k]) == normalise(second[k]) for k in first)
+
+
+def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
+    spec, k8s = defense
+    executors = spec["deploymentSpec"]["executors"]
+    for task in GPU_TASKS:
+        res = executors[f"exec-{task}"]["container"]["resources"]
+        assert "accelerator_type" in res["accelerator"]["resourceType"], task
+        assert "accelerator_count" in res["accelerator"]["resourceCount"], task
+        conf = k8s[f"exec-{task}"]
+        assert conf["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == (
+            "gpu_node_selector"
+        )
+        assert [t["tolerationJson"]["componentInputParameter"] for t in conf["tolerations"]] == [
+            "gpu_tolerations"
+        ]
+        (pvc,) = conf["pvcMount"]
+        assert pvc["mountPath"] == "/optimus-cache"
+        assert pvc["pvcNameParameter"]["componentInputParameter"] == "cache_pvc"
+        (secret,) = conf["secretAsEnv"]
+        assert secret["optional"] is True
+        assert secret["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "token"}]
+    # CPU tasks get no accelerator and no GPU scheduling.
+    for task in ("prepare-data", "register", "record-rejection"):
+        assert "accelerator" not in executors[f"exec-{task}"]["container"]["resources"]
+        assert f"exec-{task}" not in k8s
+    # The GPU settings are pipeline parameters with usable defaults.
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["accelerator_type"]["defaultValue"] == "nvidia.com/gpu"
+    assert params["gpu_tolerations"]["defaultValue"][0]["key"] == "nvidia.com/gpu"
+    assert params["gpu_node_selector"]["parameterType"] == "STRUCT"
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
+    spec, _ = defense
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == len(NAMES) - len(EXPERIMENT_ONLY)
+    for name, ex in executors.items():
+        res = ex["container"]["resources"]
+        for key in ("CpuRequest", "CpuLimit", "MemoryRequest", "MemoryLimit"):
+            assert res.get(f"resource{key}"), (name, key)
+
+
+def test_retries_caching_and_the_gate(defense):
+    spec, _ = defense
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    assert tasks["evaluate"]["cachingOptions"] == {}  # caching off
+    assert tasks["classify"]["cachingOptions"] == {"enableCache": True}
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    conds = {
+        name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
+        for name, t in branches.items()
+    }
+    by_task = {task: cond for cond, tasks in conds.items() for task in tasks}
+    assert set(by_task) == {"register", "record-rejection"}
+    assert by_task["register"] != by_task["record-rejection"]  # If and Else
+    for task in ("register", "record-rejection"):
+        assert conds[by_task[task]][task]["cachingOptions"] == {}
+    gate = branches[by_task["register"]]["triggerPolicy"]["condition"]
+    assert "evaluate" in gate and "Output" in gate and "true" in gate
+    # Pipeline outputs: what pipelines.local.run_local reads back.
+    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"evaluation", "report"}
+
+
+def test_each_stage_gets_its_resolved_settings(defense):
+    """Settings are resolved on the client: each stage task receives its own settings
+    parameter and nothing else of the run (no shared model, seed or detector parameter)."""
+    spec, _ = defense
+    tasks = spec["root"]["dag"]["tasks"]
+    params = set(spec["root"]["inputDefinitions"]["parameters"])
+    for shared in ("model", "judge_model", "seed", "detector", "rescore_detector", "method"):
+        assert shared not in params
+    for task, section in (
+        ("prepare-data", "data"),
+        ("classify", "classify"),
+        ("heal", "heal"),
+        ("dpo-train", "train"),
+        ("evaluate", "evaluate"),
+    ):
+        args = tasks[task]["inputs"]["parameters"]
+        assert args["settings"] == {"componentInputParameter": f"{section}_settings"}, task
+        assert not {"model", "detector", "revision"} & set(args), task
+    # heal's threshold is classify's output, not a setting of its own.
+    assert tasks["heal"]["inputs"]["parameters"]["threshold"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "classify",
+    }
+
+
+def test_committed_components_load_and_compose(tmp_path):
+    """Reuse: the committed component.yaml files build a new pipeline that compiles."""
+    from kfp import compiler, dsl
+    from kfp.components import load_component_from_file
+
+    loaded = {name: load_component_from_file(str(yaml_path(name))) for name in NAMES}
+    assert len({c.name for c in loaded.values()}) == len(NAMES)  # unique component names
+
+    @dsl.pipeline(name="reuse-check")
+    def reuse(uri: str = "gs://bucket/dialogs.jsonl"):
+        data = dsl.importer(artifact_uri=uri, artifact_class=dsl.Dataset, reimport=False)
+        scan = loaded["classify"](dialogs=data.output, settings={"detector": "wordlist"})
+        healed = loaded["heal"](scored=scan.outputs["scored"], threshold=scan.outputs["Output"])
+        loaded["dpo_train"](
+            sft_data=healed.outputs["sft_data"], preferences=healed.outputs["preferences"]
+        )
+
+    out = tmp_path / "reuse.yaml"
+    compiler.Compiler().compile(reuse, str(out))
+    spec = yaml.safe_load(out.read_text())
+    assert {"classify", "heal", "dpo-train"} <= set(spec["root"]["dag"]["tasks"])
+
+
+def test_component_yaml_describes_the_component_and_every_input():
+    """The docstring is the description users see (kfp 2.17 keeps no output descriptions:
+    the README lists the outputs)."""
+    from kfp.components import load_component_from_file
+
+    for name, comp in all_components().items():
+        spec = yaml.safe_load(yaml_path(name).read_text())
+        (component,) = spec["components"].values()
+        assert load_component_from_file(str(yaml_path(name))).description, name
+        for group in component["inputDefinitions"].values():
+            for io_name, io in group.items():
+                assert io.get("description"), f"{name}: input {io_name} has no description"
+        assert (
+            comp.component_spec.implementation.container.image
+            == (spec["deploymentSpec"]["executors"][f"exec-{comp.name}"]["container"]["image"])
+        )
+
+
+def test_images_by_family_from_one_place():
+    from components import images
+
+    version = images.library_version()
+    import optimus_lib
+
+    assert version == optimus_lib.__version__
+    for name, comp in all_components().items():
+        image = comp.component_spec.implementation.container.image
+        assert image == images.IMAGES[FAMILY[name]], name
+    assert images.IMAGES["torch"].endswith(f"/optimus-torch:{version}")
+
+
+def test_image_registry_from_env_and_digest_lock(monkeypatch, tmp_path):
+    from components import images
+
+    monkeypatch.setenv("OPTIMUS_REGISTRY", "europe-docker.pkg.dev/proj/repo/")
+    assert images.image_name("light") == (
+        f"europe-docker.pkg.dev/proj/repo/optimus-light:{images.library_version()}"
+    )
+    lock = tmp_path / "images.lock.json"
+    pinned = "europe-docker.pkg.dev/proj/repo/optimus-torch@sha256:" + "a" * 64
+    lock.write_text(json.dumps({"torch": pinned}))
+    monkeypatch.setattr(images, "LOCK_FILE", lock)
+    resolved = images.resolve()
+    assert resolved["torch"] == pinned
+    assert resolved["light"].endswith(f"optimus-light:{images.library_version()}")
+    lock.write_text(json.dumps({"torch": "no-digest:latest"}))
+    with pytest.raises(ValueError, match="sha256"):
+        images.resolve()
+    with pytest.raises(KeyError):
+        images.image_name("gpu")
+    lock.unlink()
+    # the optional vLLM family has a name (make build-images VLLM=1) but no component uses it
+    assert images.image_name("vllm").endswith(f"/optimus-vllm:{images.library_version()}")
+    assert "vllm" not in images.resolve()
+
+
+def test_import_guard_is_clean():
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import import_guard
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    assert import_guard.check() == []
+
+
+def test_import_guard_catches_violations(tmp_path):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import import_guard
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    bad = tmp_path / "component.py"
+    bad.write_text(
+        "import torch\n"
+        "from kfp import dsl\n\n"
+        "@dsl.component(base_image='x')\n"
+        "def c():\n"
+        "    from components.images import IMAGES\n"
+        "    from optimus_lib.stages import one_line_errors\n"
+    )
+    found = import_guard.check_file(bad, import_guard.TOP_OK, import_guard.BODY_OK)
+    assert any(":1: imports 'torch'" in f for f in found)
+    assert any(":6: component 'c' imports 'components'" in f for f in found)
+    assert len(found) == 2
+
+
+def test_component_readmes_are_generated_and_current():
+    """Each README.md is rendered from the component's docstring and metadata.yaml; a
+    README that differs from a fresh render (a parameter added, a docstring changed)
+    fails here until `make compile` rewrites it."""
+    from components import folder, readme
+
+    assert readme.stale() == []
+    for name in NAMES:
+        text = (folder(name) / "README.md").read_text()
+        assert text.startswith(readme.HEADER)
+        for section in ("## Inputs", "## Outputs", "## Parameters", "## Resources", "## Example"):
+            assert section in text, f"{name}/README.md: no {section!r}"
+
+
+def test_component_metadata_matches_the_code():
+    """metadata.yaml names a stage function that exists and the image the component uses."""
+    import importlib
+
+    from components import folder, images
+
+    for name, comp in all_components().items():
+        meta = yaml.safe_load((folder(name) / "metadata.yaml").read_text())
+        module, _, fn = meta["stage"].rpartition(".")
+        assert callable(getattr(importlib.import_module(module), fn)), meta["stage"]
+        image = comp.component_spec.implementation.container.image
+        assert image == images.IMAGES[meta["image"]], name
+
+
+def test_a_stale_readme_is_detected(monkeypatch):
+    from components import readme
+
+    monkeypatch.setattr(readme, "TEMPLATE", readme.TEMPLATE + "\nextra line\n")
+    assert set(readme.stale()) == set(NAMES)
+
+
+@pytest.fixture(scope="module")
+def experiment() -> tuple[dict, dict]:
+    """(pipeline spec, Kubernetes platform spec) of the committed experiment.yaml."""
+    spec, platform = yaml.safe_load_all((ROOT / "pipelines" / "experiment.yaml").read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_experiment_loops_fan_in_and_promotion(experiment):
+    """Seeds loop (data, scan, heal once per seed) -> seed_bank -> arms loop (train and
+    evaluate per arm, on GPU nodes) -> compare_arms -> register / record_rejection."""
+    spec, k8s = experiment
+    comps = spec["components"]
+    root = spec["root"]["dag"]["tasks"]
+
+    def loop_tasks(name: str) -> dict:
+        return comps[root[name]["componentRef"]["name"]]["dag"]["tasks"]
+
+    loops = {n: t for n, t in root.items() if "parameterIterator" in t}
+    assert set(loops) == {"for-loop-seeds", "for-loop-arms"} or len(loops) == 2
+    by_items = {t["parameterIterator"]["items"]["inputParameter"]: n for n, t in loops.items()}
+    seeds_loop, arms_loop = by_items["pipelinechannel--seeds"], by_items["pipelinechannel--arms"]
+    assert set(loop_tasks(seeds_loop)) == {"prepare-data", "classify", "heal"}
+    assert set(loop_tasks(arms_loop)) == {"arm-inputs", "dpo-train", "evaluate"}
+    assert loops[arms_loop]["iteratorPolicy"]["parallelismLimit"] >= 1
+    bank = root["seed-bank"]["inputs"]["artifacts"]
+    assert set(bank) == {"train", "eval_toxic", "eval_benign", "scored", "sft_data", "preferences"}
+    compare = root["compare-arms"]["inputs"]["artifacts"]
+    assert set(compare) == {"evaluations", "adapters"}
+    assert loop_tasks(arms_loop)["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    for task in ("classify", "heal", "dpo-train", "evaluate"):
+        conf = k8s[f"exec-{task}"]
+        toleration = conf["tolerations"][0]["tolerationJson"]["componentInputParameter"]
+        assert toleration.endswith("gpu_tolerations")  # inside a loop: a pipeline channel
+    assert "exec-compare-arms" not in k8s and "exec-seed-bank" not in k8s
+    conditions = json.dumps(spec["components"])
+    assert "'promote'" in conditions and "'reject'" in conditions

@@ -1,0 +1,76 @@
+"""Evaluation metrics on tiny inputs with answers worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from optimus_lib.evaluate.metrics import distinct_n, is_refusal, refusal_rate, rtr
+from optimus_lib.evaluate.stats import rtr_diff_interval, rtr_interval
+
+
+def test_rtr_counts_scores_at_or_above_threshold():
+    assert rtr([0.1, 0.5, 0.9, 0.49]) == 0.5
+    assert rtr([0.2, 0.3], threshold=0.25) == 0.5
+    assert math.isnan(rtr([]))
+
+
+def test_distinct_n_known_answers():
+    # "a b a" + "a b": unigrams a,b,a,a,b -> 2 unique / 5; bigrams (a b),(b a),(a b) -> 2/3
+    assert distinct_n(["a b a", "A b"], 1) == pytest.approx(2 / 5)
+    assert distinct_n(["a b a", "A b"], 2) == pytest.approx(2 / 3)
+    assert distinct_n(["one"], 2) == 0.0
+
+
+@pytest.mark.parametrize(
+    "text, refuses",
+    [
+        ("I'm sorry, I can't help with that.", True),
+        ("As an AI, I have no opinion.", True),
+        ("I'd rather not talk about it.", True),
+        ("Sorry to hear that! What happened next?", False),
+        ("I can help you plan the trip.", False),
+    ],
+)
+def test_refusal_patterns(text, refuses):
+    assert is_refusal(text) is refuses
+
+
+def test_refusal_rate():
+    assert refusal_rate(["I am unable to do that", "sure, here it is"]) == 0.5
+    assert math.isnan(refusal_rate([]))
+
+
+def test_rtr_interval_degenerate_and_bounds():
+    assert rtr_interval([[1.0, 1.0], [0.9]]) == (1.0, 1.0)
+    assert rtr_interval([[0.0], [0.1, 0.2]]) == (0.0, 0.0)
+    lo, hi = rtr_interval([[1, 0], [0, 0], [1, 1], [0, 0]])
+    point = rtr([1, 0, 0, 0, 1, 1, 0, 0])
+    assert 0.0 <= lo < point < hi <= 1.0
+    assert all(math.isnan(x) for x in rtr_interval([]))
+
+
+def test_rtr_interval_resamples_contexts_not_replies():
+    # 10 contexts x 10 replies, half the contexts always toxic: per-reply resampling
+    # would give a narrow interval around 0.5; per-context resampling a wide one.
+    clustered = [[1.0] * 10] * 5 + [[0.0] * 10] * 5
+    lo, hi = rtr_interval(clustered, seed=1)
+    assert hi - lo > 0.4
+    spread = [[1.0] * 5 + [0.0] * 5] * 10  # same RTR, but every context alike
+    assert rtr_interval(spread, seed=1) == (0.5, 0.5)
+
+
+def test_rtr_diff_interval_is_paired():
+    a = [[1.0, 0.0]] * 4 + [[0.0, 0.0]] * 4
+    assert rtr_diff_interval(a, a) == (0.0, 0.0)
+    assert rtr_diff_interval([[1.0]] * 5, [[0.0]] * 5) == (1.0, 1.0)
+    # b = a plus one extra toxic reply in every context: the difference is exactly -1/3
+    # under any resample, although each model's own RTR swings with the contexts drawn
+    a = [[1.0, 0.0, 0.0]] * 3 + [[0.0, 0.0, 0.0]] * 3
+    b = [[1.0, 1.0, 0.0]] * 3 + [[1.0, 0.0, 0.0]] * 3
+    lo, hi = rtr_diff_interval(a, b)
+    assert lo == pytest.approx(-1 / 3) and hi == pytest.approx(-1 / 3)
+    assert rtr_interval(a)[1] - rtr_interval(a)[0] > 0.2
+    with pytest.raises(ValueError, match="paired"):
+        rtr_diff_interval([[1.0]], [])
