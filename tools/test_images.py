@@ -1,6 +1,7 @@
 """``make test-images``: the whole defense pipeline inside the built images, network off.
 
-Runs ``pipelines.defense`` (built for kfp.local) under ``kfp.local.DockerRunner(network_mode="none")``: every
+Runs ``pipelines.defense`` (built for kfp.local) under
+``kfp.local.DockerRunner(network_mode="none")``: every
 task is a container of the image its component names (``components/images.py``), as the
 image's non-root user, with only the pipeline root mounted. The model is a tiny random
 Llama built (inside the torch image, from the baked bundled model's tokenizer) under the
