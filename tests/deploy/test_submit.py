@@ -16,7 +16,7 @@ import pytest
 from helpers import OPTIMUS_CLI
 from standins import kfp_routes, kube_routes, kubeconfig, serve
 
-from deploy import cluster, pipeline_spec, submit
+from deploy import pipeline_spec, submit
 from optimus_lib.config import load_pipeline_settings
 from optimus_lib.errors import OptimusError
 
@@ -254,5 +254,5 @@ def test_compile_fresh_sends_a_freshly_compiled_spec(arguments):
     (run,) = _runs(kfp.requests)
     spec = run["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "optimus-defense"
-    committed = cluster.parameter_specs(pipeline_spec.load_pipeline(DEFENSE)[0])
+    committed = pipeline_spec.parameter_specs(pipeline_spec.load_pipeline(DEFENSE)[0])
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(committed)

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
+pytestmark = pytest.mark.slow  # several processes (accelerate launch)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -92,7 +94,6 @@ from safetensors.torch import save_file
 import optimus_lib.train.trainers as T
 from optimus_lib.train.config import LoraConfig, SFTConfig
 
-pytestmark = pytest.mark.slow  # several processes (accelerate launch)
 
 base, out = sys.argv[1], Path(sys.argv[2])
 real_save, real_fit = transformers.Trainer.save_model, T.fit
