@@ -124,12 +124,14 @@ def model_card(name: str, version: str, ev: dict[str, Any], lineage: dict[str, A
     )
     gates = "\n".join(f"- {c}" for c in gate.get("checked", [])) or "- none checked"
     detector = lineage.get("detector", {})
-    det = ", ".join(f"{k} {f(v)}" for k, v in detector.items()) or "not recorded"
+    name = detector.get("name")
+    det = ", ".join(f"{k} {f(v)}" for k, v in detector.items() if k != "name")
+    det = f"{name} ({det})" if name and det else name or det or "not recorded"
     front = {
         "base_model": base_id,
         "library_name": "peft",
         "pipeline_tag": "text-generation",
-        "tags": ["optimus", "lora", "dpo", "safety", str(train.get("method", "?"))],
+        "tags": list(dict.fromkeys(["optimus", "lora", "dpo", "safety", str(train.get("method"))])),
         **({"license": train["base_model_license"]} if train.get("base_model_license") else {}),
         **({"datasets": [_hub_dataset(lineage["source"])]} if _hub_dataset(lineage) else {}),
     }
