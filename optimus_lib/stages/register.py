@@ -124,14 +124,15 @@ def model_card(name: str, version: str, ev: dict[str, Any], lineage: dict[str, A
     )
     gates = "\n".join(f"- {c}" for c in gate.get("checked", [])) or "- none checked"
     detector = lineage.get("detector", {})
-    name = detector.get("name")
+    method = train.get("method")
+    det_name = detector.get("name")
     det = ", ".join(f"{k} {f(v)}" for k, v in detector.items() if k != "name")
-    det = f"{name} ({det})" if name and det else name or det or "not recorded"
+    det = f"{det_name} ({det})" if det_name and det else det_name or det or "not recorded"
     front = {
         "base_model": base_id,
         "library_name": "peft",
         "pipeline_tag": "text-generation",
-        "tags": list(dict.fromkeys(["optimus", "lora", "dpo", "safety", str(train.get("method"))])),
+        "tags": [t for t in dict.fromkeys(["optimus", "lora", "dpo", "safety", method]) if t],
         **({"license": train["base_model_license"]} if train.get("base_model_license") else {}),
         **({"datasets": [_hub_dataset(lineage["source"])]} if _hub_dataset(lineage) else {}),
     }
