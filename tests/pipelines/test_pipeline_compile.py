@@ -267,6 +267,35 @@ def test_import_guard_catches_violations(tmp_path):
     assert len(found) == 2
 
 
+def test_import_guard_keeps_the_library_below_the_layers_above_it(tmp_path):
+    """optimus_lib may not reach pipelines/deploy/cli/components/kfp, not even by name
+    through importlib (what `optimus run` once did to load the local runner)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import import_guard
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    lib = tmp_path / "optimus_lib" / "x.py"
+    lib.parent.mkdir()
+    lib.write_text(
+        "import importlib\n"
+        "from deploy.local import run_defense\n"
+        "def run():\n"
+        "    return importlib.import_module('pipelines.local')\n"
+        "RUNNERS = {'local': 'deploy.local'}\n"
+        "def any_runner(kind):\n"
+        "    return importlib.import_module(RUNNERS[kind])\n"
+    )
+    found = import_guard.check_library_file(lib, tmp_path)
+    assert any(":2: optimus_lib imports 'deploy'" in f for f in found), found
+    assert any(":4: optimus_lib imports 'pipelines.local' by name" in f for f in found), found
+    assert any(":5: optimus_lib names module 'deploy.local'" in f for f in found), found
+    ok = tmp_path / "optimus_lib" / "ok.py"
+    ok.write_text("import importlib\nM = {'a': 'optimus_lib.detect.stack'}\n"
+                  "def f(k):\n    return importlib.import_module(M[k])\n")  # fmt: skip
+    assert import_guard.check_library_file(ok, tmp_path) == []
+
+
 def test_component_readmes_are_generated_and_current():
     """Each README.md is rendered from the component's docstring and metadata.yaml; a
     README that differs from a fresh render (a parameter added, a docstring changed)
