@@ -51,7 +51,11 @@ class Resources(Strict):
     """Kubernetes placement of the GPU stages (ignored by the local runner)."""
 
     accelerator_type: str = "nvidia.com/gpu"
-    accelerator_count: int = Field(1, ge=0)
+    accelerator_count: int = Field(1, ge=0)  # per inference task: classify, heal, evaluate
+    # The training task's accelerators (e.g. all 8 of its node) and its processes there
+    # (0: one per accelerator; dpo_train runs one rank each under torchrun).
+    train_accelerator_count: int = Field(1, ge=0)
+    train_processes: int = Field(0, ge=0)
     node_selector: dict[str, str] = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     tolerations: list[dict[str, Any]] = [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -65,6 +69,8 @@ class Resources(Strict):
         return {
             "accelerator_type": self.accelerator_type,
             "accelerator_count": self.accelerator_count,
+            "train_accelerator_count": self.train_accelerator_count,
+            "train_processes": self.train_processes,
             "gpu_node_selector": self.node_selector,
             "gpu_tolerations": self.tolerations,
             "cache_pvc": self.pvc_name,

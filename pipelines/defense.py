@@ -55,6 +55,8 @@ def build_defense_pipeline(cluster: bool = True):
         register_settings: dict = {},  # noqa: B006
         accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
+        train_accelerator_count: int = 1,
+        train_processes: int = 0,
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
@@ -76,7 +78,9 @@ def build_defense_pipeline(cluster: bool = True):
             evaluate_settings: EvaluateSettings (base model, evaluator, gates, ...).
             register_settings: RegisterSettings (registry URI, model name, version).
             accelerator_type: Accelerator resource of the GPU tasks.
-            accelerator_count: Accelerators per GPU task.
+            accelerator_count: Accelerators per inference task (classify, heal, evaluate).
+            train_accelerator_count: Accelerators of the training task (dpo_train).
+            train_processes: Training processes in dpo_train (0: one per accelerator).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks (model cache and
@@ -96,6 +100,7 @@ def build_defense_pipeline(cluster: bool = True):
             hf_token_secret,
             cache_dir,
             cluster,
+            train_accelerator_count,
         )
         curated = curate(where, data_settings, classify_settings, heal_settings)
         trained = dpo_train(
@@ -103,6 +108,7 @@ def build_defense_pipeline(cluster: bool = True):
             preferences=curated.healed.outputs["preferences"],
             settings=train_settings,
             cache_dir=cache_dir,
+            processes=train_processes,
         )
         where.train(trained)
         verdict = evaluate(

@@ -64,6 +64,9 @@ class Placement:
     hf_token_secret: Any
     cache_dir: Any
     cluster: bool = True
+    # The training task's own accelerator count (all of its node's, say), apart from the
+    # inference tasks' ``accelerator_count``; None: the same count.
+    train_accelerator_count: Any = None
 
     def cpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
         """CPU and memory requests and limits of ``profile``."""
@@ -75,13 +78,14 @@ class Placement:
             .set_memory_limit(mem_lim)
         )
 
-    def gpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
-        """``profile``'s CPU and memory, and on a cluster the GPU node pool and the PVC."""
+    def gpu(self, task: dsl.PipelineTask, profile: str, count: Any = None) -> dsl.PipelineTask:
+        """``profile``'s CPU and memory, and on a cluster the GPU node pool and the PVC;
+        ``count`` accelerators (default: ``accelerator_count``)."""
         self.cpu(task, profile)
         if not self.cluster:
             return task
         task.set_accelerator_type(self.accelerator_type)
-        task.set_accelerator_limit(self.accelerator_count)
+        task.set_accelerator_limit(self.accelerator_count if count is None else count)
         kubernetes.add_node_selector_json(task, self.node_selector)
         kubernetes.add_toleration_json(task, self.tolerations)
         kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
@@ -94,8 +98,9 @@ class Placement:
         return task
 
     def train(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """The training task: the ``train`` profile on the GPU pool, retried on a cluster."""
-        self.gpu(task, "train")
+        """The training task: the ``train`` profile on the GPU pool with its own
+        accelerator count, retried on a cluster."""
+        self.gpu(task, "train", self.train_accelerator_count)
         if self.cluster:
             task.set_retry(**TRAIN_RETRIES)
         return task

@@ -367,3 +367,43 @@ def test_experiment_loops_fan_in_and_promotion(experiment):
     assert "exec-compare-arms" not in k8s and "exec-seed-bank" not in k8s
     conditions = json.dumps(spec["components"])
     assert "'promote'" in conditions and "'reject'" in conditions
+
+
+@pytest.mark.parametrize("name", ["defense", "experiment"])
+def test_training_has_its_own_accelerator_count_and_processes(name):
+    """dpo_train reserves ``train_accelerator_count`` (all of its node's, say) and runs
+    ``train_processes`` ranks; classify, heal and evaluate keep ``accelerator_count``."""
+    spec, _ = yaml.safe_load_all((ROOT / "pipelines" / f"{name}.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    counts = {
+        task: executors[f"exec-{task}"]["container"]["resources"]["accelerator"]["resourceCount"]
+        for task in GPU_TASKS
+    }
+    assert counts.pop("dpo-train").endswith("--train_accelerator_count']}}")
+    assert all(c.endswith("--accelerator_count']}}") for c in counts.values()), counts
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_accelerator_count"]["defaultValue"] == 1
+    assert params["train_processes"]["defaultValue"] == 0
+    assert params["train_processes"]["parameterType"] == "NUMBER_INTEGER"
+
+    def find(tasks: dict) -> dict:  # dpo-train, inside the loop in the experiment
+        for t_name, task in tasks.items():
+            if t_name == "dpo-train":
+                return task
+        for comp in spec["root"]["dag"]["tasks"].values():
+            sub = spec["components"][comp["componentRef"]["name"]].get("dag")
+            if sub and "dpo-train" in sub["tasks"]:
+                return sub["tasks"]["dpo-train"]
+        raise AssertionError("no dpo-train task")
+
+    task = find(spec["root"]["dag"]["tasks"])
+    channel = task["inputs"]["parameters"]["processes"]["componentInputParameter"]
+    assert channel.endswith("train_processes")
+
+
+def test_resources_settings_give_the_per_stage_counts():
+    from optimus_lib.config import Resources
+
+    args = Resources(accelerator_count=1, train_accelerator_count=8).pipeline_arguments()
+    assert args["accelerator_count"] == 1 and args["train_accelerator_count"] == 8
+    assert args["train_processes"] == 0
