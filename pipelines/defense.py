@@ -19,7 +19,6 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
 
-from components.dpo_train.component import dpo_train
 from components.evaluate.component import evaluate
 from pipelines.shared import (
     CACHE_MOUNT,
@@ -29,6 +28,7 @@ from pipelines.shared import (
     curate,
     register_task,
     rejection_task,
+    training,
 )
 
 PIPELINE_NAME = "optimus-defense"
@@ -57,6 +57,8 @@ def build_defense_pipeline(cluster: bool = True):
         accelerator_count: int = 1,
         train_accelerator_count: int = 1,
         train_processes: int = 0,
+        train_backend: str = "local",
+        trainjob_settings: dict = {},  # noqa: B006
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
@@ -81,6 +83,10 @@ def build_defense_pipeline(cluster: bool = True):
             accelerator_count: Accelerators per inference task (classify, heal, evaluate).
             train_accelerator_count: Accelerators of the training task (dpo_train).
             train_processes: Training processes in dpo_train (0: one per accelerator).
+            train_backend: ``local`` (dpo_train in its pod) or ``trainjob`` (a Kubeflow
+                Trainer TrainJob over many nodes, started by a light train_job task).
+            trainjob_settings: TrainJobSettings of the ``trainjob`` backend (nodes,
+                accelerators per node, node selector, tolerations, runtime, ...).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks (model cache and
@@ -103,16 +109,18 @@ def build_defense_pipeline(cluster: bool = True):
             train_accelerator_count,
         )
         curated = curate(where, data_settings, classify_settings, heal_settings)
-        trained = dpo_train(
+        adapter = training(
+            where,
+            train_backend,
+            trainjob_settings,
+            train_processes,
             sft_data=curated.healed.outputs["sft_data"],
             preferences=curated.healed.outputs["preferences"],
             settings=train_settings,
             cache_dir=cache_dir,
-            processes=train_processes,
         )
-        where.train(trained)
         verdict = evaluate(
-            adapter=trained.outputs["adapter"],
+            adapter=adapter,
             eval_toxic=curated.data.outputs["eval_toxic"],
             eval_benign=curated.data.outputs["eval_benign"],
             settings=evaluate_settings,
@@ -125,7 +133,7 @@ def build_defense_pipeline(cluster: bool = True):
         with dsl.If(verdict.outputs["Output"] == True, name="gates-passed"):  # noqa: E712
             register_task(
                 where,
-                trained.outputs["adapter"],
+                adapter,
                 verdict.outputs["evaluation"],
                 register_settings,
             )

@@ -22,10 +22,12 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from components.classify.component import classify
+from components.dpo_train.component import dpo_train
 from components.heal.component import heal
 from components.prepare_data.component import prepare_data
 from components.record_rejection.component import record_rejection
 from components.register.component import register
+from components.train_job.component import train_job
 
 # Where GPU tasks mount the cache PVC (converted models, Hugging Face downloads, training
 # checkpoints). A mount path cannot be a runtime parameter; the ``cache_dir`` parameter
@@ -104,6 +106,52 @@ class Placement:
         if self.cluster:
             task.set_retry(**TRAIN_RETRIES)
         return task
+
+    def controller(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The TrainJob controller: light, no accelerator, the cache PVC (it hands the
+        job its inputs and takes the adapter from there), retried like training."""
+        self.cpu(task, "light")
+        if self.cluster:
+            kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
+            task.set_retry(**TRAIN_RETRIES)
+        return task
+
+
+def training(
+    where: Placement,
+    backend: Any,
+    trainjob_settings: Any,
+    processes: Any,
+    **inputs: Any,
+) -> Any:
+    """The training step: dpo_train in its own pod (``backend`` ``local``, on
+    ``train_accelerator_count`` accelerators with ``processes`` ranks), or on a cluster,
+    when ``backend`` is ``trainjob``, a light train_job task that runs it as a Kubeflow
+    Trainer TrainJob over many nodes. Returns the adapter output (one of the two).
+
+    kfp.local cannot resolve a ``dsl.OneOf``, and a TrainJob needs a cluster: the local
+    build has dpo_train only.
+    """
+    train_inputs = {k: v for k, v in inputs.items() if k != "cache_dir"}
+    if not where.cluster:
+        task = dpo_train(**inputs, processes=processes)
+        where.train(task)
+        return task.outputs["adapter"]
+    with dsl.If(backend == "trainjob", name="train-on-trainjob"):
+        job = train_job(**train_inputs, trainjob=trainjob_settings)
+        where.controller(job)
+    with dsl.Else(name="train-in-task"):
+        # The placement parameters go in as inputs too: kfp 2.17 does not hand a branch the
+        # parameters that only set_accelerator_* use (the task's YAML would name inputs
+        # its branch does not have).
+        task = dpo_train(
+            **inputs,
+            processes=processes,
+            accelerators=where.train_accelerator_count,
+            accelerator_type=where.accelerator_type,
+        )
+        where.train(task)
+    return dsl.OneOf(job.outputs["adapter"], task.outputs["adapter"])
 
 
 @dataclass

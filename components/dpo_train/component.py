@@ -17,6 +17,8 @@ def dpo_train(
     method: str = "",
     cache_dir: str = "",
     processes: int = 0,
+    accelerators: int = -1,
+    accelerator_type: str = "",
 ):
     """Fine-tunes a LoRA adapter: SFT on the SFT set, then DPO on the preferences.
 
@@ -48,6 +50,9 @@ def dpo_train(
             default, FSDP or ZeRO-3 by ``settings.distributed.strategy``). The global
             batch stays the settings' ``batch_size`` x ``grad_accum``; the metrics give
             processes, per-device batch and accumulation.
+        accelerators: The accelerators the pipeline reserved for this task, recorded
+            in the adapter's metadata (-1: not said).
+        accelerator_type: Their resource name (e.g. nvidia.com/gpu), recorded with them.
     """
     from pathlib import Path
 
@@ -64,4 +69,7 @@ def dpo_train(
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
     upstream = {k: sft_data.metadata[k] for k in ("detector", "source") if k in sft_data.metadata}
-    adapter.metadata.update({**result.metadata, **upstream, "framework": "peft"})
+    placed = {"accelerators": accelerators} if accelerators >= 0 else {}
+    if accelerators > 0 and accelerator_type:
+        placed["accelerator_type"] = accelerator_type
+    adapter.metadata.update({**result.metadata, **upstream, **placed, "framework": "peft"})

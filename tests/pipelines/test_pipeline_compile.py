@@ -25,6 +25,7 @@ FAMILY = {
     "classify": "torch",
     "heal": "torch",
     "dpo_train": "torch",
+    "train_job": "light",
     "evaluate": "torch",
     "register": "light",
     "record_rejection": "light",
@@ -70,6 +71,20 @@ def test_compile_is_deterministic(tmp_path):
     assert all(normalise(first[k]) == normalise(second[k]) for k in first)
 
 
+def all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of the pipeline by name, in whichever DAG (branch, loop) it sits."""
+    out: dict[str, dict] = {}
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for dag in dags:
+        out.update(dag.get("tasks", {}))
+    return out
+
+
+def param(ref: dict) -> str:
+    """The pipeline parameter a task input refers to (``pipelinechannel--`` inside a branch)."""
+    return ref["componentInputParameter"].removeprefix("pipelinechannel--")
+
+
 def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
     spec, k8s = defense
     executors = spec["deploymentSpec"]["executors"]
@@ -78,15 +93,12 @@ def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
         assert "accelerator_type" in res["accelerator"]["resourceType"], task
         assert "accelerator_count" in res["accelerator"]["resourceCount"], task
         conf = k8s[f"exec-{task}"]
-        assert conf["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == (
-            "gpu_node_selector"
-        )
-        assert [t["tolerationJson"]["componentInputParameter"] for t in conf["tolerations"]] == [
-            "gpu_tolerations"
-        ]
+        # inside a dsl.If branch (dpo-train) a parameter comes in as pipelinechannel--NAME
+        assert param(conf["nodeSelector"]["nodeSelectorJson"]) == "gpu_node_selector"
+        assert [param(t["tolerationJson"]) for t in conf["tolerations"]] == ["gpu_tolerations"]
         (pvc,) = conf["pvcMount"]
         assert pvc["mountPath"] == "/optimus-cache"
-        assert pvc["pvcNameParameter"]["componentInputParameter"] == "cache_pvc"
+        assert param(pvc["pvcNameParameter"]) == "cache_pvc"
         (secret,) = conf["secretAsEnv"]
         assert secret["optional"] is True
         assert secret["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "token"}]
@@ -113,11 +125,17 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
 
 def test_retries_caching_and_the_gate(defense):
     spec, _ = defense
-    tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    tasks = all_tasks(spec)
+    for train in ("dpo-train", "train-job"):  # both resume from their checkpoints
+        assert tasks[train]["retryPolicy"]["maxRetryCount"] >= 1
     assert tasks["evaluate"]["cachingOptions"] == {}  # caching off
     assert tasks["classify"]["cachingOptions"] == {"enableCache": True}
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    (gates,) = [
+        c["dag"]["tasks"]
+        for c in spec["components"].values()
+        if "dag" in c and any("gates" in t["taskInfo"]["name"] for t in c["dag"]["tasks"].values())
+    ]
+    branches = gates
     conds = {
         name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
         for name, t in branches.items()
@@ -137,7 +155,7 @@ def test_each_stage_gets_its_resolved_settings(defense):
     """Settings are resolved on the client: each stage task receives its own settings
     parameter and nothing else of the run (no shared model, seed or detector parameter)."""
     spec, _ = defense
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     params = set(spec["root"]["inputDefinitions"]["parameters"])
     for shared in ("model", "judge_model", "seed", "detector", "rescore_detector", "method"):
         assert shared not in params
@@ -149,7 +167,8 @@ def test_each_stage_gets_its_resolved_settings(defense):
         ("evaluate", "evaluate"),
     ):
         args = tasks[task]["inputs"]["parameters"]
-        assert args["settings"] == {"componentInputParameter": f"{section}_settings"}, task
+        assert set(args["settings"]) == {"componentInputParameter"}, task
+        assert param(args["settings"]) == f"{section}_settings", task
         assert not {"model", "detector", "revision"} & set(args), task
     # heal's threshold is classify's output, not a setting of its own.
     assert tasks["heal"]["inputs"]["parameters"]["threshold"]["taskOutputParameter"] == {
@@ -386,19 +405,8 @@ def test_training_has_its_own_accelerator_count_and_processes(name):
     assert params["train_processes"]["defaultValue"] == 0
     assert params["train_processes"]["parameterType"] == "NUMBER_INTEGER"
 
-    def find(tasks: dict) -> dict:  # dpo-train, inside the loop in the experiment
-        for t_name, task in tasks.items():
-            if t_name == "dpo-train":
-                return task
-        for comp in spec["root"]["dag"]["tasks"].values():
-            sub = spec["components"][comp["componentRef"]["name"]].get("dag")
-            if sub and "dpo-train" in sub["tasks"]:
-                return sub["tasks"]["dpo-train"]
-        raise AssertionError("no dpo-train task")
-
-    task = find(spec["root"]["dag"]["tasks"])
-    channel = task["inputs"]["parameters"]["processes"]["componentInputParameter"]
-    assert channel.endswith("train_processes")
+    task = all_tasks(spec)["dpo-train"]  # in a branch (defense) or the arms loop
+    assert param(task["inputs"]["parameters"]["processes"]) == "train_processes"
 
 
 def test_resources_settings_give_the_per_stage_counts():
@@ -407,3 +415,39 @@ def test_resources_settings_give_the_per_stage_counts():
     args = Resources(accelerator_count=1, train_accelerator_count=8).pipeline_arguments()
     assert args["accelerator_count"] == 1 and args["train_accelerator_count"] == 8
     assert args["train_processes"] == 0
+
+
+def test_training_backend_is_a_parameter_and_trainjob_is_a_light_controller(defense):
+    """``train_backend`` picks the branch: ``trainjob`` runs train_job (light image, no
+    accelerator, the cache PVC, retried), anything else dpo_train on the GPU pool; the
+    adapter evaluate and register get is whichever ran (dsl.OneOf)."""
+    spec, k8s = defense
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_backend"]["defaultValue"] == "local"
+    assert params["train_backend"]["parameterType"] == "STRING"
+    assert params["trainjob_settings"]["parameterType"] == "STRUCT"
+    tasks = all_tasks(spec)
+    conditions = {
+        t["taskInfo"]["name"]: t["triggerPolicy"]["condition"]
+        for t in tasks.values()
+        if t["taskInfo"]["name"] in ("train-on-trainjob", "train-in-task")
+    }
+    assert conditions == {
+        "train-on-trainjob": "inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob'",
+        "train-in-task": "!(inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob')",
+    }
+    job = tasks["train-job"]["inputs"]["parameters"]
+    assert param(job["trainjob"]) == "trainjob_settings"
+    assert param(job["settings"]) == "train_settings"
+    container = spec["deploymentSpec"]["executors"]["exec-train-job"]["container"]
+    assert "accelerator" not in container["resources"]
+    from components.images import IMAGES
+
+    assert container["image"] == IMAGES["light"]
+    (pvc,) = k8s["exec-train-job"]["pvcMount"]
+    assert pvc["mountPath"] == "/optimus-cache" and param(pvc["pvcNameParameter"]) == "cache_pvc"
+    assert "nodeSelector" not in k8s["exec-train-job"]  # it runs anywhere
+    evaluate = tasks["evaluate"]["inputs"]["artifacts"]["adapter"]
+    assert "oneof" in json.dumps(evaluate)
