@@ -379,3 +379,97 @@ def _copy_adapter(adapter: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
+
+
+def _local_rank(args):  # runs in the local backend's venv: its source is the job's script
+    import sys
+
+    sys.path[:0] = args["front"]  # this checkout of optimus_lib
+    sys.path.extend(args["back"])  # the packages torch does not bring (transformers, ...)
+    from optimus_lib.stages.launch import main
+
+    code = main(args["argv"])
+    if code:
+        raise SystemExit(code)
+
+
+def run_local_trainjob(
+    settings: Any,
+    sft_data: Path,
+    adapter_out: Path,
+    preferences: Path | None = None,
+    processes: int = 2,
+    packages: tuple[str, ...] = ("torch",),
+    index_urls: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: int = 1800,
+    echo: Callable[[str], None] = print,
+):
+    """The training stage as a TrainJob on the Kubeflow SDK's local-process backend: the
+    SDK makes a fresh venv, pip-installs ``packages`` (pin torch to the build this machine
+    has, e.g. ``torch==2.13.0``, and give ``index_urls``: a bare ``torch`` from the public
+    index is the CUDA build), and runs the same rank entry point under its ``torchrun``
+    with ``processes`` ranks (``PET_NPROC_PER_NODE``: this backend ignores ``num_nodes``
+    and ``resources_per_node``). The rest of the library's dependencies come from this
+    interpreter's site-packages. A way to try the TrainJob path without a cluster, and
+    what the launch-overhead figure measures; returns rank 0's result.
+
+    The backend's job sees only ``env`` (plus what is set here) as its environment, and
+    its ``wait_for_job_status`` does not stop on a failed job, so this polls the status.
+    """
+    import site
+    import sys
+    import tempfile
+
+    try:
+        from kubeflow.trainer import CustomTrainer, LocalProcessBackendConfig, TrainerClient
+    except ImportError:
+        raise OptimusError(
+            "the local TrainJob backend needs the Kubeflow SDK: pip install "
+            "'optimus-defense[trainjob]'"
+        ) from None
+    import optimus_lib
+    from optimus_lib.stages.launch import _first_error, rank_args, result_from_json
+
+    work = Path(tempfile.mkdtemp(prefix="optimus-localjob-"))
+    result = work / "result.json"
+    args = rank_args(
+        settings.model_dump_json(), sft_data, adapter_out, preferences, result, work / "errors"
+    )
+    front = [str(Path(optimus_lib.__file__).resolve().parents[1])]
+    back = [*site.getsitepackages(), site.getusersitepackages()]
+    job_env = {
+        "PET_NPROC_PER_NODE": str(processes),
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        **(env or {}),
+    }
+    client = TrainerClient(LocalProcessBackendConfig(cleanup_venv=True))
+    trainer = CustomTrainer(
+        func=_local_rank,
+        func_args={"front": front, "back": back, "argv": args},
+        packages_to_install=list(packages),
+        env=job_env,
+        **({"pip_index_urls": index_urls} if index_urls else {}),
+    )
+    name = client.train(runtime=DEFAULT_RUNTIME, trainer=trainer)
+    deadline = time.monotonic() + timeout_s
+    while (state := client.get_job(name).status) not in ("Complete", "Failed"):
+        if time.monotonic() > deadline:
+            client.delete_job(name)
+            raise OptimusError(f"local TrainJob {name} did not finish within {timeout_s} s")
+        time.sleep(1)
+    lines = [ln.rstrip() for ln in _lines(client.get_job_logs(name)) if ln.strip()]
+    for line in lines:
+        echo(line)
+    try:
+        if state == "Failed" or not result.is_file():
+            reason = _first_error(work / "errors") if (work / "errors").is_dir() else None
+            tail = " | ".join(lines[-5:])
+            raise OptimusError(
+                f"local TrainJob {name} failed"
+                + (f"; {reason}" if reason else "")
+                + (f"; last log lines: {tail}" if tail else "")
+            )
+        return result_from_json(json.loads(result.read_text(encoding="utf-8")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -385,3 +385,31 @@ def test_trainjob_settings_refuse_pet_env_and_an_unsplittable_batch(tmp_path):
     s = base.model_copy(update={"sft": base.sft.model_copy(update={"batch_size": 3})})
     with pytest.raises(OptimusError, match=r"train.sft: the global batch .* over 2 processes"):
         run_trainjob(s, _job(tmp_path), sft, tmp_path / "a", prefs, client=object())
+
+
+@pytest.mark.slow  # a fresh venv with torch (~1 min) and 2 ranks training (~40 s)
+def test_local_process_backend_runs_the_training_stage_on_two_ranks(tmp_path, tiny_model_dir):
+    """The SDK's LocalProcessBackend: a fresh venv, torch pinned to this machine's CPU
+    build, the rank entry point under its torchrun with 2 gloo ranks."""
+    from safetensors.torch import load_file
+
+    from optimus_lib.stages.trainjob import run_local_trainjob
+
+    sft, prefs = _data(tmp_path)
+    s = _settings(str(tiny_model_dir)).model_copy(
+        update={"checkpoint_root": str(tmp_path / "ckpt")}
+    )
+    keep = ("PIP_FIND_LINKS", "PIP_CERT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+            "PIP_CONSTRAINT", "PIP_DEFAULT_TIMEOUT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+            "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "OPTIMUS_CACHE")  # fmt: skip
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    lines: list[str] = []
+    result = run_local_trainjob(
+        s, sft, tmp_path / "adapter", prefs, processes=2, packages=("torch==2.13.0",),
+        env=env, echo=lines.append,
+    )  # fmt: skip
+    assert result.metrics["train_processes"] == 2
+    assert result.metrics["sft_per_device_batch"] == 1 and result.metrics["sft_global_batch"] == 2
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
