@@ -59,6 +59,9 @@ class Resources(Strict):
     # The PVC the GPU tasks mount at /optimus-cache (model cache + checkpoints); the
     # manifests create it under this name (manifests/base/cache-pvc.yaml).
     pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    # Shards classify and heal each run in: one pod per shard on a cluster, one after
+    # the other under the local runner; the merged outputs equal an unsharded run's.
+    shards: int = Field(1, ge=1, le=1024)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The pipelines' placement parameters (the same in both pipelines)."""
@@ -68,6 +71,7 @@ class Resources(Strict):
             "gpu_node_selector": self.node_selector,
             "gpu_tolerations": self.tolerations,
             "cache_pvc": self.pvc_name,
+            "shards": self.shards,
         }
 
 
