@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Dataset
+from kfp.dsl import Dataset, pipeline_channel
 
 from components.classify.component import classify
 from components.dpo_train.component import dpo_train
@@ -90,7 +90,17 @@ class Placement:
         if not self.cluster:
             return task
         task.set_accelerator_type(self.accelerator_type)
-        task.set_accelerator_limit(self.accelerator_count if count is None else count)
+        limit = self.accelerator_count if count is None else count
+        task.set_accelerator_limit(limit)
+        # kfp 2.17 does not track the parameters these two read, so a loop (or sub-
+        # pipeline) around the task would not receive them: register them by hand.
+        task.register_pipeline_channels(
+            [
+                c
+                for c in (self.accelerator_type, limit)
+                if isinstance(c, pipeline_channel.PipelineChannel)
+            ]
+        )
         kubernetes.add_node_selector_json(task, self.node_selector)
         kubernetes.add_toleration_json(task, self.tolerations)
         kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)

@@ -430,6 +430,10 @@ def test_experiment_loops_fan_in_and_promotion(experiment):
         toleration = conf["tolerations"][0]["tolerationJson"]["componentInputParameter"]
         assert toleration.endswith("gpu_tolerations")  # inside a loop: a pipeline channel
     assert "exec-compare-arms" not in k8s and "exec-seed-bank" not in k8s
+    # a loop hands its GPU tasks the accelerator parameters (kfp 2.17 does not track them)
+    for loop in (loops[arms_loop], *(t for t in inner.values() if "parameterIterator" in t)):
+        for name in ("accelerator_type", "accelerator_count"):
+            assert f"pipelinechannel--{name}" in loop["inputs"]["parameters"]
     conditions = json.dumps(spec["components"])
     assert "'promote'" in conditions and "'reject'" in conditions
 
