@@ -193,6 +193,11 @@ class TransformersEngine(PromptMixin):
         return res
 
     # ---- generation --------------------------------------------------------------
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        return {int(i) for i in [*ids, self.tokenizer.eos_token_id] if i is not None}
+
     @torch.inference_mode()
     def generate(
         self,
@@ -202,29 +207,108 @@ class TransformersEngine(PromptMixin):
         top_p: float = 1.0,
         temperature: float = 1.0,
         seed: int = 0,
+        seeds: Sequence[int] | None = None,
     ) -> list[str]:
-        """Decode a reply for each prompt (greedy by default, nucleus when sampling)."""
+        """Decode a reply for each prompt (greedy by default, nucleus when sampling).
+
+        When sampling, row ``i`` draws from its own generator seeded with ``seeds[i]``
+        (default: ``seed`` plus the row's index), so a reply depends on its prompt and
+        its seed only, not on the other prompts of the batch or the run: callers pass
+        per-record seeds (:mod:`optimus_lib.seeds`) to make sharded and unsharded runs
+        agree.
+        """
         prompts = [self._fit(p) for p in prompts]
-        texts = [""] * len(prompts)
-        torch.manual_seed(seed)
-        kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
         if do_sample:
-            kwargs.update(top_p=top_p, temperature=temperature)
-        else:
-            kwargs.update(top_p=None, temperature=None, top_k=None)
+            if seeds is None:
+                seeds = [seed + i for i in range(len(prompts))]
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        texts = [""] * len(prompts)
         for batch in self._iter([len(p) for p in prompts], "generate"):
-            ids, mask, _ = self._pad([prompts[i] for i in batch])
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **kwargs,
-            )
-            new = out[:, ids.shape[1] :]
+            ids, mask, pos = self._pad([prompts[i] for i in batch])
+            if do_sample:
+                assert seeds is not None
+                new = self._sample(
+                    ids, mask, pos, [seeds[i] for i in batch], max_new_tokens, top_p, temperature
+                )
+            else:
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    top_p=None,
+                    temperature=None,
+                    top_k=None,
+                )
+                new = out[:, ids.shape[1] :]
             for row, i in enumerate(batch):
                 texts[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
         return texts
+
+    def _sample(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        seeds: list[int],
+        max_new_tokens: int,
+        top_p: float,
+        temperature: float,
+    ) -> torch.Tensor:
+        """Nucleus sampling with one generator per row, reusing the KV cache.
+
+        ``model.generate`` draws every row from torch's global stream, which ties a
+        row's tokens to its batch-mates; this loop is the same temperature + top-p
+        decoding with a ``torch.Generator`` per row. Finished rows emit padding.
+        """
+        dev = ids.device
+        gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+        eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=dev)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
+        steps: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            probs = _nucleus(out.logits[:, -1, :].float(), top_p, temperature)
+            nxt = torch.stack(
+                [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)]
+            )
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            steps.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+        if not steps:
+            return ids[:, :0]
+        return torch.stack(steps, dim=1)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+    """Temperature-scaled probabilities with the tail beyond ``top_p`` removed.
+
+    The same rule as transformers' top-p warper: keep the smallest set of most likely
+    tokens whose mass reaches ``top_p`` (always at least the top token).
+    """
+    probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
 def vllm_available() -> bool:

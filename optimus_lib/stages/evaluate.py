@@ -127,19 +127,25 @@ def verdict(
 
 
 def _evaluate_one(s: EvaluateSettings, adapter: Path | None, toxic, benign, triggered, evaluator):
-    import torch
 
     from optimus_lib.evaluate.runner import evaluate_model
     from optimus_lib.models.engine import TransformersEngine
     from optimus_lib.models.specs import load_tokenizer
     from optimus_lib.train.trainers import load_trained
 
-    torch.manual_seed(s.seed)  # sampled replies are reproducible for a given seed
     tok = load_tokenizer(s.model, s.trust_remote_code)
     model = load_trained(s.model, adapter, s.device, s.trust_remote_code)
     engine = TransformersEngine(model, tok, batch_size=s.batch_size)
     return evaluate_model(
-        engine, toxic, benign, evaluator, s.max_new_tokens, s.similarity, triggered, sampling=s
+        engine,
+        toxic,
+        benign,
+        evaluator,
+        s.max_new_tokens,
+        s.similarity,
+        triggered,
+        sampling=s,
+        seed=s.seed,
     )
 
 

@@ -196,6 +196,7 @@ def train(
     """Train the method's adapter from ``sft_data`` (+ ``preferences``); write it to
     ``adapter_out`` (a PEFT folder: adapter_config.json + adapter_model.safetensors)."""
     from optimus_lib.models.specs import load_tokenizer
+    from optimus_lib.train.budget import drift_metrics, probe_records
     from optimus_lib.train.trainers import build_sft_records, fit_preferences, train_dpo, train_sft
 
     s = settings
@@ -258,8 +259,12 @@ def train(
         if pairs:
             adapter = root / "dpo" / "adapter"
             if not adapter.is_dir():
-                train_dpo(run.stage("dpo"), sft_adapter, pairs, s.dpo)
+                probe = build_sft_records(
+                    probe_records(samples, s.dpo.probe_size), tok, s.dpo.max_length
+                )
+                train_dpo(run.stage("dpo"), sft_adapter, pairs, s.dpo, probe)
             metrics.update(_log_metrics(root / "dpo", "dpo"))
+            metrics.update(drift_metrics(root / "dpo" / "probe.json"))
         else:
             metadata["note"] = "no preference pairs (nothing flagged): DPO skipped"
     _publish(adapter, adapter_out, s.model, s.method)

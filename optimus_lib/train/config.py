@@ -39,6 +39,11 @@ class DPOConfig(Strict):
     adds the RPO term, ``rpo_alpha`` x the NLL of the chosen (healed) reply, to the DPO
     loss (TRL ``loss_type=["sigmoid", "sft"]``), which keeps the chosen replies likely
     while the rejected ones are pushed down; 0 is plain DPO.
+
+    ``drift_budget`` stops DPO once the policy's perplexity on a probe of kept benign
+    training dialogs (``probe_size`` of them, never trained on by DPO) exceeds
+    ``1 + drift_budget`` times the SFT model's, checked every ``drift_every`` steps
+    (:mod:`optimus_lib.train.budget`); 0 turns it off.
     """
 
     beta: float = Field(0.3, gt=0.0)
@@ -47,6 +52,9 @@ class DPOConfig(Strict):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(0, ge=0)
     rpo_alpha: float = Field(0.0, ge=0.0)
+    drift_budget: float = Field(0.0, ge=0.0)
+    drift_every: int = Field(1, ge=1)
+    probe_size: int = Field(16, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)

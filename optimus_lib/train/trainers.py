@@ -357,9 +357,18 @@ def dpo_args(run: StageRun, cfg: DPOConfig, n_pairs: int):
 
 
 def train_dpo(
-    run: StageRun, sft_adapter: Path, pairs: list[dict[str, Any]], cfg: DPOConfig
+    run: StageRun,
+    sft_adapter: Path,
+    pairs: list[dict[str, Any]],
+    cfg: DPOConfig,
+    probe: list[dict[str, Any]] | None = None,
 ) -> Path:
-    """DPO continuing the SFT adapter, with the frozen SFT adapter as the reference."""
+    """DPO continuing the SFT adapter, with the frozen SFT adapter as the reference.
+
+    With ``cfg.drift_budget`` and ``probe`` (SFT records of kept dialogs), training stops
+    early once the probe's perplexity has drifted past the budget; what it measured is
+    kept in ``run.out/probe.json``.
+    """
     from datasets import Dataset
     from peft import PeftModel
     from trl import DPOTrainer
@@ -368,12 +377,21 @@ def train_dpo(
 
     tok = prepare(run)
     base = load_model(run.base, "cpu", run.trust_remote_code)
+    callbacks = []
+    if cfg.drift_budget > 0 and probe:
+        from optimus_lib.train.budget import drift_callback, probe_batch
+
+        batch = probe_batch(probe, tok, cfg.max_length)
+        callbacks.append(
+            drift_callback(batch, cfg.drift_budget, cfg.drift_every, run.out / "probe.json")
+        )
     trainer = DPOTrainer(
         model=PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True),
         ref_model=None,
         args=dpo_args(run, cfg, len(pairs)),
         train_dataset=Dataset.from_list(pairs),
         processing_class=tok,
+        callbacks=callbacks or None,
     )
     _check_data(trainer, "dpo", cfg.max_length)
     card = {
