@@ -266,9 +266,19 @@ def source_files() -> list[Path]:
         listed = ""
     if listed:
         return [Path(p) for p in listed.split("\0") if p and (ROOT / p).is_file()]
-    keep = ("optimus_lib", "components", "pipelines")
-    files = [p.relative_to(ROOT) for k in keep for p in (ROOT / k).rglob("*") if p.is_file()]
+    files = [p.relative_to(ROOT) for k in wheel_packages() for p in (ROOT / k).rglob("*") if p.is_file()]
     return files + [Path("pyproject.toml"), Path("README.md")]
+
+
+def wheel_packages() -> tuple[str, ...]:
+    """The top-level packages the wheel holds: pyproject's ``packages.find`` include list
+    (``cli*`` -> ``cli``), so a package added there is never left out of the images."""
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r"^\[tool\.setuptools\.packages\.find\]\s*$(.*?)^\[", text, re.M | re.S)
+    inc = re.search(r"^include\s*=\s*\[(.*?)\]", m.group(1) if m else "", re.M | re.S)
+    if not inc:
+        raise ImageError("pyproject.toml: no [tool.setuptools.packages.find] include list")
+    return tuple(n.rstrip("*") for n in re.findall(r'"([^"]+)"', inc.group(1)))
 
 
 def build_wheel(dist: Path) -> Path:
@@ -276,11 +286,9 @@ def build_wheel(dist: Path) -> Path:
     shutil.rmtree(dist, ignore_errors=True)
     dist.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
+        packages = wheel_packages()
         for rel in source_files():
-            if rel.parts[0] in ("optimus_lib", "components", "pipelines") or rel.name in (
-                "pyproject.toml",
-                "README.md",
-            ):
+            if rel.parts[0] in packages or rel.name in ("pyproject.toml", "README.md"):
                 dest = Path(tmp) / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / rel, dest)
