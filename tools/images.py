@@ -266,7 +266,8 @@ def source_files() -> list[Path]:
         listed = ""
     if listed:
         return [Path(p) for p in listed.split("\0") if p and (ROOT / p).is_file()]
-    files = [p.relative_to(ROOT) for k in wheel_packages() for p in (ROOT / k).rglob("*") if p.is_file()]
+    found = (p for k in wheel_packages() for p in (ROOT / k).rglob("*"))
+    files = [p.relative_to(ROOT) for p in found if p.is_file()]
     return files + [Path("pyproject.toml"), Path("README.md")]
 
 
