@@ -77,7 +77,8 @@ SMOKE = {
     "light": " && ".join(
         [
             'python -c "import importlib.util as u, optimus_lib; '
-            "assert u.find_spec('torch') is None, 'torch in the light image'; "
+            "extra = [m for m in ('torch', 'sklearn', 'scipy', 'numpy') if u.find_spec(m)]; "
+            "assert not extra, f'not for the light image: {extra}'; "
             'print(optimus_lib.__version__)"',
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
