@@ -68,6 +68,9 @@ class Resources(Strict):
     # The PVC the GPU tasks mount at /optimus-cache (model cache + checkpoints); the
     # manifests create it under this name (manifests/base/cache-pvc.yaml).
     pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    # Shards classify and heal each run in: one pod per shard on a cluster, one after
+    # the other under the local runner; the merged outputs equal an unsharded run's.
+    shards: int = Field(1, ge=1, le=1024)
 
     def trainjob_settings(self) -> dict[str, Any]:
         """TrainJobSettings of the trainjob backend: the GPU pool's placement from here
@@ -98,6 +101,7 @@ class Resources(Strict):
             "gpu_node_selector": self.node_selector,
             "gpu_tolerations": self.tolerations,
             "cache_pvc": self.pvc_name,
+            "shards": self.shards,
         }
 
 

@@ -25,6 +25,7 @@ from pipelines.shared import (
     DEFAULT_NODE_SELECTOR,
     DEFAULT_TOLERATIONS,
     Placement,
+    build_curation,
     curate,
     register_task,
     rejection_task,
@@ -45,6 +46,8 @@ def build_defense_pipeline(cluster: bool = True):
     """The defense pipeline; ``cluster=False`` leaves out the Kubernetes settings and the
     retries (:mod:`pipelines.shared`), for kfp.local. The compiled YAML has them."""
 
+    curation = build_curation(cluster)
+
     @dsl.pipeline(name=PIPELINE_NAME)
     def defense_pipeline(
         data_settings: dict = {},  # noqa: B006 - KFP needs literal defaults
@@ -64,6 +67,7 @@ def build_defense_pipeline(cluster: bool = True):
         cache_pvc: str = "optimus-cache",
         cache_dir: str = CACHE_MOUNT,
         hf_token_secret: str = "hf-token",
+        shards: int = 1,
     ) -> DefenseOutputs:
         """Fine-tunes a chat model on untrusted dialogs without learning their toxicity.
 
@@ -93,6 +97,8 @@ def build_defense_pipeline(cluster: bool = True):
                 training checkpoints, so a retried dpo_train resumes).
             cache_dir: Cache folder the GPU tasks use; empty: the image default.
             hf_token_secret: Secret whose ``token`` key becomes HF_TOKEN (optional).
+            shards: Shards classify and heal each run in (one pod per shard on a
+                cluster); their merged outputs equal an unsharded run's.
 
         Returns:
             evaluate's results JSON and HTML report.
@@ -108,21 +114,21 @@ def build_defense_pipeline(cluster: bool = True):
             cluster,
             train_accelerator_count,
         )
-        curated = curate(where, data_settings, classify_settings, heal_settings)
+        curated = curate(curation, where, data_settings, classify_settings, heal_settings, shards)
         adapter = training(
             where,
             train_backend,
             trainjob_settings,
             train_processes,
-            sft_data=curated.healed.outputs["sft_data"],
-            preferences=curated.healed.outputs["preferences"],
+            sft_data=curated.outputs["sft_data"],
+            preferences=curated.outputs["preferences"],
             settings=train_settings,
             cache_dir=cache_dir,
         )
         verdict = evaluate(
             adapter=adapter,
-            eval_toxic=curated.data.outputs["eval_toxic"],
-            eval_benign=curated.data.outputs["eval_benign"],
+            eval_toxic=curated.outputs["eval_toxic"],
+            eval_benign=curated.outputs["eval_benign"],
             settings=evaluate_settings,
             cache_dir=cache_dir,
         )

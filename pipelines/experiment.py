@@ -1,9 +1,10 @@
 """The experiment pipeline: the paper's robustness table as one KFP run.
 
-Loop 1, per seed: the curation of :mod:`pipelines.shared` (prepare_data -> classify at
-the highest recall any arm uses -> heal of everything it flags), shared with the defense
-pipeline. seed_bank gathers those outputs into one artifact (KFP cannot hand a list
-collected from one loop to the tasks of another). Loop 2, per arm (seed, detector
+Loop 1, per seed: the curation sub-pipeline of :mod:`pipelines.shared` (prepare_data ->
+classify at the highest recall any arm uses -> heal of everything it flags, each
+inference stage in ``shards`` shards), shared with the defense pipeline. seed_bank
+gathers those outputs into one artifact (KFP cannot hand a list collected from one loop
+to the tasks of another). Loop 2, per arm (seed, detector
 recall, method): arm_inputs (re-threshold the stored scores at the recall, reuse the
 seed's healed replies) -> dpo_train -> evaluate, labelled with the arm. compare_arms
 collects every evaluation into one table with bootstrap intervals and the paired
@@ -12,7 +13,9 @@ against no_defense: ``promote`` registers its adapter, ``reject`` records why no
 
 So classify and heal run once per seed, not once per arm; on a cluster each arm's
 training runs on its own GPU node (``ARM_PARALLELISM`` at a time). Loops are not nested:
-kfp.local (2.17) resolves an outer loop's values wrongly inside an inner loop.
+kfp.local (2.17) resolves an outer loop's values wrongly inside an inner loop (the shard
+loops sit inside the curation sub-pipeline, where the seed is a parameter, not a loop
+value).
 ``optimus experiment CONFIG.yaml`` builds the parameters from an experiment file
 (``optimus_lib.experiment.ExperimentConfig.pipeline_arguments``).
 """
@@ -32,6 +35,7 @@ from pipelines.shared import (
     DEFAULT_NODE_SELECTOR,
     DEFAULT_TOLERATIONS,
     Placement,
+    build_curation,
     curate,
     register_task,
     rejection_task,
@@ -54,6 +58,8 @@ def build_experiment_pipeline(cluster: bool = True):
     """The experiment pipeline; ``cluster=False`` leaves out the Kubernetes settings and
     retries (:mod:`pipelines.shared`) and runs one seed and one arm at a time: on a
     workstation two torch tasks on the same cores slow each other down several-fold."""
+
+    curation = build_curation(cluster)
 
     @dsl.pipeline(name=PIPELINE_NAME)
     def experiment_pipeline(
@@ -78,6 +84,7 @@ def build_experiment_pipeline(cluster: bool = True):
         cache_pvc: str = "optimus-cache",
         cache_dir: str = CACHE_MOUNT,
         hf_token_secret: str = "hf-token",
+        shards: int = 1,
     ) -> ExperimentOutputs:
         """Compares training methods at several detector recalls and seeds on the same data.
 
@@ -108,6 +115,8 @@ def build_experiment_pipeline(cluster: bool = True):
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks.
             cache_dir: Cache folder the GPU tasks use; empty: the image default.
             hf_token_secret: Secret whose ``token`` key becomes HF_TOKEN (optional).
+            shards: Shards each seed's classify and heal run in (one pod per shard on
+                a cluster); their merged outputs equal an unsharded run's.
 
         Returns:
             compare_arms' results folder and HTML report.
@@ -125,16 +134,17 @@ def build_experiment_pipeline(cluster: bool = True):
         )
         one_at_a_time = None if cluster else 1
         with dsl.ParallelFor(seeds, parallelism=one_at_a_time, name="seeds") as seed:
-            curated = curate(where, data_settings, classify_settings, heal_settings, seed)
+            curated = curate(
+                curation, where, data_settings, classify_settings, heal_settings, shards, seed
+            ).outputs
 
-        data, classified, healed = curated.data, curated.classified, curated.healed
         bank = seed_bank(
-            train=dsl.Collected(data.outputs["train"]),
-            eval_toxic=dsl.Collected(data.outputs["eval_toxic"]),
-            eval_benign=dsl.Collected(data.outputs["eval_benign"]),
-            scored=dsl.Collected(classified.outputs["scored"]),
-            sft_data=dsl.Collected(healed.outputs["sft_data"]),
-            preferences=dsl.Collected(healed.outputs["preferences"]),
+            train=dsl.Collected(curated["train"]),
+            eval_toxic=dsl.Collected(curated["eval_toxic"]),
+            eval_benign=dsl.Collected(curated["eval_benign"]),
+            scored=dsl.Collected(curated["scored"]),
+            sft_data=dsl.Collected(curated["sft_data"]),
+            preferences=dsl.Collected(curated["preferences"]),
         )
         where.cpu(bank, "light")
 

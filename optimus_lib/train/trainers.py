@@ -469,14 +469,34 @@ def train_dpo(
 
 
 def load_trained(
-    base_spec: str, adapter: Path | None, device: str = "auto", trust_remote_code: bool = False
+    base_spec: str,
+    adapter: Path | None,
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    dtype=None,
 ):
     """Base model with an adapter merged in (fast inference), or the base alone."""
     from peft import PeftModel
 
     from optimus_lib.models.specs import load_model
 
-    model = load_model(base_spec, device, trust_remote_code)
+    model = load_model(base_spec, device, trust_remote_code, dtype=dtype)
     if adapter is None:
         return model
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+
+
+def save_merged(base_spec: str, adapter: Path, out: Path, trust_remote_code: bool = False) -> Path:
+    """Base + adapter merged and saved as a model folder (safetensors) at ``out``.
+
+    For engines that load weights from disk (vLLM). Merged in float32 on the CPU, so
+    the saved weights lose nothing; the engine casts them to its own dtype.
+    """
+    import torch
+
+    from optimus_lib.models.specs import load_tokenizer
+
+    model = load_trained(base_spec, adapter, "cpu", trust_remote_code, torch.float32)
+    model.save_pretrained(out, safe_serialization=True)
+    load_tokenizer(base_spec, trust_remote_code).save_pretrained(out)
+    return out
