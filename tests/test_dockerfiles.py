@@ -321,7 +321,12 @@ def test_lock_files_pin_the_torch_builds():
     for lock in (cpu, cuda, vllm, vllm_cpu):
         assert lock["alt-profanity-check"] == "1.9.1"
     for lock in (cpu, cuda, vllm, vllm_cpu, light):
-        assert "kfp" not in lock and "kubernetes" not in lock  # kfp goes in --no-deps
+        assert "kfp" not in lock  # kfp goes in --no-deps
+    for lock in (cpu, cuda, vllm, vllm_cpu):
+        assert "kubernetes" not in lock
+    # the light image runs the trainjob controller: the Kubeflow SDK, with the kubernetes
+    # client kfp 2.17 accepts (< 31), as pyproject's trainjob extra pins them
+    assert light["kubeflow"] == "0.5.0" and int(light["kubernetes"].split(".")[0]) < 31
 
 
 def test_torch_locks_cover_the_library_dependencies():
