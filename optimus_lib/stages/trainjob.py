@@ -243,6 +243,22 @@ def _failure(client, name: str, s: TrainJobSettings, work: Path, what: str) -> O
     return OptimusError("; ".join(parts))
 
 
+def on_volume(settings: Any, job: TrainJobSettings) -> Any:
+    """The training settings with their checkpoints on the shared volume."""
+    return settings.model_copy(update={"checkpoint_root": f"{job.mount_path}/checkpoints"})
+
+
+def run_key(settings: Any, job: TrainJobSettings, sft_data: Path, preferences: Path | None) -> str:
+    """The content key of the run a TrainJob does (its name and work folder): the key of
+    its checkpoints, for the job's number of ranks."""
+    from optimus_lib.stages import file_digest
+    from optimus_lib.stages.train import USES_DPO, checkpoint_key
+
+    uses_prefs = settings.method in USES_DPO and preferences is not None
+    inputs = [file_digest(sft_data), file_digest(preferences) if uses_prefs else None]
+    return checkpoint_key(on_volume(settings, job), inputs, job.world())
+
+
 def run_trainjob(
     settings: Any,
     job: TrainJobSettings,
@@ -255,9 +271,8 @@ def run_trainjob(
     """Train on a TrainJob and copy its adapter to ``adapter_out``; returns rank 0's
     :class:`~optimus_lib.stages.train.TrainResult`. ``settings`` is the stage's
     ``TrainSettings``; its ``checkpoint_root`` is put on the shared volume."""
-    from optimus_lib.stages import file_digest
     from optimus_lib.stages.launch import rank_args, result_from_json
-    from optimus_lib.stages.train import USES_DPO, checkpoint_key
+    from optimus_lib.stages.train import USES_DPO
     from optimus_lib.train.trainers import split_batch
 
     if not job.image:
@@ -266,10 +281,9 @@ def run_trainjob(
     for stage, cfg in (("sft", settings.sft), ("dpo", settings.dpo)):
         split_batch(cfg.batch_size, cfg.grad_accum, world, stage)  # before creating anything
     root = Path(job.mount_path)
-    settings = settings.model_copy(update={"checkpoint_root": str(root / "checkpoints")})
+    settings = on_volume(settings, job)
     uses_prefs = settings.method in USES_DPO and preferences is not None
-    inputs = [file_digest(sft_data), file_digest(preferences) if uses_prefs else None]
-    key = checkpoint_key(settings, inputs, world)
+    key = run_key(settings, job, sft_data, preferences)
     name = job_name(key)
     work = root / "trainjobs" / key
     (work / "inputs").mkdir(parents=True, exist_ok=True)
