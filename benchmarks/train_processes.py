@@ -182,13 +182,28 @@ def main() -> None:
         data = root / "sft.jsonl"
         write_jsonl(data, _dialogs(a.samples))
         tokens = _tokens(model, data, 128)
-        runs = {
-            "in_process_1": _in_process(model, data, root),
-            "torchrun_1": _torchrun(model, data, root, 1),
-            "torchrun_2": _torchrun(model, data, root, 2),
+        summary: dict = {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            "no GPU",
+            "model": "SmolLM2-135M-Instruct (bundled), LoRA r=16, SFT, max_length 128",
+            "samples": a.samples,
+            "tokens": tokens,
         }
-        rows = {}
-        for name, r in runs.items():
+
+        def save(key: str, value) -> None:  # after every part: a long run keeps what it did
+            summary[key] = value
+            print(json.dumps({key: value}), flush=True)
+            if a.out:
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                a.out.write_text(json.dumps(summary, indent=1) + "\n")
+
+        rows: dict = {}
+        for name, fn in (
+            ("in_process_1", lambda: _in_process(model, data, root)),
+            ("torchrun_1", lambda: _torchrun(model, data, root, 1)),
+            ("torchrun_2", lambda: _torchrun(model, data, root, 2)),
+        ):
+            r = fn()
             m = r["metrics"]
             rows[name] = {
                 "processes": m["train_processes"],
@@ -200,22 +215,11 @@ def main() -> None:
                 "wall_s": r["wall_s"],
                 "overhead_s": r["wall_s"] - m["sft_seconds"],
             }
-        summary = {
-            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-            "no GPU",
-            "model": "SmolLM2-135M-Instruct (bundled), LoRA r=16, SFT, max_length 128",
-            "samples": a.samples,
-            "tokens": tokens,
-            "runs": rows,
-            "process_group_2_ranks": _process_group(root),
-        }
+            save("runs", rows)
+        save("process_group_2_ranks", _process_group(root))
         if not a.skip_local_trainjob:
-            summary["trainjob_local_backend"] = _local_trainjob(root, data)
-    text = json.dumps(summary, indent=1)
-    print(text)
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(text + "\n")
+            save("trainjob_local_backend", _local_trainjob(root, data))
+    print(json.dumps(summary, indent=1))
 
 
 if __name__ == "__main__":
