@@ -179,16 +179,23 @@ class TransformersEngine(PromptMixin):
         for batch in self._iter([len(p) + len(c) for p, c in seqs], "nll"):
             full = [seqs[i][0] + seqs[i][1] for i in batch]
             ids, mask, pos = self._pad(full)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            # The LM head (and log-softmax over the vocabulary) only where a completion
+            # token is predicted: the last ``longest completion + 1`` positions, not the
+            # prompt's (most of the sequence for short references).
+            most = max(len(seqs[i][1]) for i in batch)
+            if most == 0:
+                continue
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=most + 1
+            ).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tgt = ids[:, 1:]
+            tgt = ids[:, -most:]
             tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            width = ids.shape[1]
             for row, i in enumerate(batch):
                 n = len(seqs[i][1])
                 if n == 0:
                     continue
-                lp = tok_lp[row, width - 1 - n :]
+                lp = tok_lp[row, most - n :]
                 res[i] = (float(-lp.sum()), n)
         return res
 
@@ -268,9 +275,33 @@ class TransformersEngine(PromptMixin):
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=dev)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
-        )
+        # Rows with the same prompt (several sampled replies per context) share one
+        # prefill: it runs on the distinct rows and its KV cache is copied to the others.
+        first: dict[tuple[int, ...], int] = {}
+        for r, row in enumerate(ids.tolist()):
+            first.setdefault(tuple(row), r)
+        uniq = list(first.values())
+        if len(uniq) < ids.shape[0]:
+            slot = {k: j for j, k in enumerate(first)}
+            expand = torch.tensor([slot[tuple(r)] for r in ids.tolist()], device=dev)
+            u = torch.tensor(uniq, device=dev)
+            out = self.model(
+                input_ids=ids[u],
+                attention_mask=mask[u],
+                position_ids=pos[u],
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            out.past_key_values.reorder_cache(expand)
+            out.logits = out.logits[expand]
+        else:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         steps: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
             probs = _nucleus(out.logits[:, -1, :].float(), top_p, temperature)
@@ -296,6 +327,9 @@ class TransformersEngine(PromptMixin):
         return torch.stack(steps, dim=1)
 
 
+_NUCLEUS_TOPK = 512
+
+
 def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
     """Temperature-scaled probabilities with the tail beyond ``top_p`` removed.
 
@@ -305,7 +339,13 @@ def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Te
     probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
     if top_p >= 1.0:
         return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+    # The nucleus is almost always within the top few hundred tokens: sorting only those
+    # (topk) instead of the whole vocabulary at every step gives the same kept set
+    # whenever their mass passes top_p in every row; else the full sort.
+    k = min(_NUCLEUS_TOPK, probs.shape[-1])
+    sorted_p, order = probs.topk(k, dim=-1)
+    if not bool((sorted_p.sum(-1) > top_p).all()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
     drop = sorted_p.cumsum(-1) - sorted_p > top_p
     sorted_p = sorted_p.masked_fill(drop, 0.0)
     return torch.zeros_like(probs).scatter(-1, order, sorted_p)
