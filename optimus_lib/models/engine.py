@@ -304,10 +304,13 @@ class TransformersEngine(PromptMixin):
             )
         steps: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
-            probs = _nucleus(out.logits[:, -1, :].float(), top_p, temperature)
-            nxt = torch.stack(
-                [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)]
+            # Each row draws among its nucleus candidates only (a few hundred tokens, not
+            # the whole vocabulary: multinomial spends one random number per entry).
+            cand_p, cand = _nucleus_candidates(out.logits[:, -1, :].float(), top_p, temperature)
+            pick = torch.stack(
+                [torch.multinomial(cand_p[r], 1, generator=g)[0] for r, g in enumerate(gens)]
             )
+            nxt = pick if cand is None else cand.gather(1, pick[:, None])[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             steps.append(nxt)
             done |= torch.isin(nxt, eos)
@@ -336,9 +339,20 @@ def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Te
     The same rule as transformers' top-p warper: keep the smallest set of most likely
     tokens whose mass reaches ``top_p`` (always at least the top token).
     """
+    cand_p, cand = _nucleus_candidates(logits, top_p, temperature)
+    if cand is None:
+        return cand_p
+    return torch.zeros_like(logits, dtype=cand_p.dtype).scatter(-1, cand, cand_p)
+
+
+def _nucleus_candidates(
+    logits: torch.Tensor, top_p: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_nucleus` as (probabilities, token ids) of each row's candidates, most likely
+    first, dropped ones at 0; token ids ``None`` when nothing is cut (``top_p`` 1)."""
     probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
     if top_p >= 1.0:
-        return probs
+        return probs, None
     # The nucleus is almost always within the top few hundred tokens: sorting only those
     # (topk) instead of the whole vocabulary at every step gives the same kept set
     # whenever their mass passes top_p in every row; else the full sort.
@@ -347,8 +361,7 @@ def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Te
     if not bool((sorted_p.sum(-1) > top_p).all()):
         sorted_p, order = probs.sort(dim=-1, descending=True)
     drop = sorted_p.cumsum(-1) - sorted_p > top_p
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
-    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return sorted_p.masked_fill(drop, 0.0), order
 
 
 ENGINES = ("auto", "transformers", "vllm")

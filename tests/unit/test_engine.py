@@ -216,3 +216,12 @@ def test_nucleus_topk_equals_the_full_sort():
             E._NUCLEUS_TOPK = keep
         assert torch.equal(fast > 0, full > 0)
         torch.testing.assert_close(fast, full)
+
+
+def test_sampling_draws_inside_the_nucleus(tiny_engine):
+    """A nucleus of one token is greedy decoding, whatever the seed."""
+    prompts = [_ids(tiny_engine, t) for t in PROMPTS_TEXT[:3]]
+    greedy = tiny_engine.generate(prompts, max_new_tokens=6)
+    for seeds in ([1, 2, 3], [7, 8, 9]):
+        kw = {"max_new_tokens": 6, "do_sample": True, "top_p": 1e-6, "temperature": 1.0}
+        assert tiny_engine.generate(prompts, seeds=seeds, **kw) == greedy
