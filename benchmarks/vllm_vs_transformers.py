@@ -61,7 +61,7 @@ def n_params(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        return sum(math.prod(f.get_slice(k).get_shape()) for k in f)
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
 
 
 def prompts_for(engine, n_judge: int, n_heal: int):
