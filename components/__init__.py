@@ -24,6 +24,7 @@ STAGES = (
     "classify",
     "heal",
     "dpo_train",
+    "train_job",
     "evaluate",
     "register",
     "record_rejection",

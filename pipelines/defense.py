@@ -19,7 +19,6 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
 
-from components.dpo_train.component import dpo_train
 from components.evaluate.component import evaluate
 from pipelines.shared import (
     CACHE_MOUNT,
@@ -30,6 +29,7 @@ from pipelines.shared import (
     curate,
     register_task,
     rejection_task,
+    training,
 )
 
 PIPELINE_NAME = "optimus-defense"
@@ -58,6 +58,10 @@ def build_defense_pipeline(cluster: bool = True):
         register_settings: dict = {},  # noqa: B006
         accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
+        train_accelerator_count: int = 1,
+        train_processes: int = 0,
+        train_backend: str = "local",
+        trainjob_settings: dict = {},  # noqa: B006
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
@@ -80,7 +84,13 @@ def build_defense_pipeline(cluster: bool = True):
             evaluate_settings: EvaluateSettings (base model, evaluator, gates, ...).
             register_settings: RegisterSettings (registry URI, model name, version).
             accelerator_type: Accelerator resource of the GPU tasks.
-            accelerator_count: Accelerators per GPU task.
+            accelerator_count: Accelerators per inference task (classify, heal, evaluate).
+            train_accelerator_count: Accelerators of the training task (dpo_train).
+            train_processes: Training processes in dpo_train (0: one per accelerator).
+            train_backend: ``local`` (dpo_train in its pod) or ``trainjob`` (a Kubeflow
+                Trainer TrainJob over many nodes, started by a light train_job task).
+            trainjob_settings: TrainJobSettings of the ``trainjob`` backend (nodes,
+                accelerators per node, node selector, tolerations, runtime, ...).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks (model cache and
@@ -102,17 +112,21 @@ def build_defense_pipeline(cluster: bool = True):
             hf_token_secret,
             cache_dir,
             cluster,
+            train_accelerator_count,
         )
         curated = curate(curation, where, data_settings, classify_settings, heal_settings, shards)
-        trained = dpo_train(
+        adapter = training(
+            where,
+            train_backend,
+            trainjob_settings,
+            train_processes,
             sft_data=curated.outputs["sft_data"],
             preferences=curated.outputs["preferences"],
             settings=train_settings,
             cache_dir=cache_dir,
         )
-        where.train(trained)
         verdict = evaluate(
-            adapter=trained.outputs["adapter"],
+            adapter=adapter,
             eval_toxic=curated.outputs["eval_toxic"],
             eval_benign=curated.outputs["eval_benign"],
             settings=evaluate_settings,
@@ -125,7 +139,7 @@ def build_defense_pipeline(cluster: bool = True):
         with dsl.If(verdict.outputs["Output"] == True, name="gates-passed"):  # noqa: E712
             register_task(
                 where,
-                trained.outputs["adapter"],
+                adapter,
                 verdict.outputs["evaluation"],
                 register_settings,
             )

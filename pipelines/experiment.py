@@ -77,6 +77,8 @@ def build_experiment_pipeline(cluster: bool = True):
         comparison_settings: dict = {},  # noqa: B006
         accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
+        train_accelerator_count: int = 1,
+        train_processes: int = 0,
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
@@ -105,7 +107,9 @@ def build_experiment_pipeline(cluster: bool = True):
             register_settings: RegisterSettings of a promotion.
             comparison_settings: ComparisonSettings (report title, method order, promote).
             accelerator_type: Accelerator resource of the GPU tasks.
-            accelerator_count: Accelerators per GPU task.
+            accelerator_count: Accelerators per inference task (classify, heal, evaluate).
+            train_accelerator_count: Accelerators of the training task (dpo_train).
+            train_processes: Training processes in dpo_train (0: one per accelerator).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks.
@@ -126,6 +130,7 @@ def build_experiment_pipeline(cluster: bool = True):
             hf_token_secret,
             cache_dir,
             cluster,
+            train_accelerator_count,
         )
         one_at_a_time = None if cluster else 1
         with dsl.ParallelFor(seeds, parallelism=one_at_a_time, name="seeds") as seed:
@@ -160,6 +165,7 @@ def build_experiment_pipeline(cluster: bool = True):
                 seed=inputs.outputs["seed"],
                 method=inputs.outputs["method"],
                 cache_dir=cache_dir,
+                processes=train_processes,
             )
             where.train(trained)
             scored = evaluate(

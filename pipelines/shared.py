@@ -22,6 +22,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, pipeline_channel
 
 from components.classify.component import classify
+from components.dpo_train.component import dpo_train
 from components.heal.component import heal
 from components.prepare_data.component import prepare_data
 from components.record_rejection.component import record_rejection
@@ -29,6 +30,7 @@ from components.register.component import register
 from components.shards.merge_healed.component import merge_healed
 from components.shards.merge_scored.component import merge_scored
 from components.shards.split.component import split
+from components.train_job.component import train_job
 
 # Where GPU tasks mount the cache PVC (converted models, Hugging Face downloads, training
 # checkpoints). A mount path cannot be a runtime parameter; the ``cache_dir`` parameter
@@ -67,6 +69,9 @@ class Placement:
     hf_token_secret: Any
     cache_dir: Any
     cluster: bool = True
+    # The training task's own accelerator count (all of its node's, say), apart from the
+    # inference tasks' ``accelerator_count``; None: the same count.
+    train_accelerator_count: Any = None
 
     def cpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
         """CPU and memory requests and limits of ``profile``."""
@@ -78,19 +83,21 @@ class Placement:
             .set_memory_limit(mem_lim)
         )
 
-    def gpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
-        """``profile``'s CPU and memory, and on a cluster the GPU node pool and the PVC."""
+    def gpu(self, task: dsl.PipelineTask, profile: str, count: Any = None) -> dsl.PipelineTask:
+        """``profile``'s CPU and memory, and on a cluster the GPU node pool and the PVC;
+        ``count`` accelerators (default: ``accelerator_count``)."""
         self.cpu(task, profile)
         if not self.cluster:
             return task
         task.set_accelerator_type(self.accelerator_type)
-        task.set_accelerator_limit(self.accelerator_count)
+        limit = self.accelerator_count if count is None else count
+        task.set_accelerator_limit(limit)
         # kfp 2.17 does not track the parameters these two read, so a loop (or sub-
         # pipeline) around the task would not receive them: register them by hand.
         task.register_pipeline_channels(
             [
                 c
-                for c in (self.accelerator_type, self.accelerator_count)
+                for c in (self.accelerator_type, limit)
                 if isinstance(c, pipeline_channel.PipelineChannel)
             ]
         )
@@ -106,11 +113,58 @@ class Placement:
         return task
 
     def train(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
-        """The training task: the ``train`` profile on the GPU pool, retried on a cluster."""
-        self.gpu(task, "train")
+        """The training task: the ``train`` profile on the GPU pool with its own
+        accelerator count, retried on a cluster."""
+        self.gpu(task, "train", self.train_accelerator_count)
         if self.cluster:
             task.set_retry(**TRAIN_RETRIES)
         return task
+
+    def controller(self, task: dsl.PipelineTask) -> dsl.PipelineTask:
+        """The TrainJob controller: light, no accelerator, the cache PVC (it hands the
+        job its inputs and takes the adapter from there), retried like training."""
+        self.cpu(task, "light")
+        if self.cluster:
+            kubernetes.mount_pvc(task, pvc_name=self.cache_pvc, mount_path=CACHE_MOUNT)
+            task.set_retry(**TRAIN_RETRIES)
+        return task
+
+
+def training(
+    where: Placement,
+    backend: Any,
+    trainjob_settings: Any,
+    processes: Any,
+    **inputs: Any,
+) -> Any:
+    """The training step: dpo_train in its own pod (``backend`` ``local``, on
+    ``train_accelerator_count`` accelerators with ``processes`` ranks), or on a cluster,
+    when ``backend`` is ``trainjob``, a light train_job task that runs it as a Kubeflow
+    Trainer TrainJob over many nodes. Returns the adapter output (one of the two).
+
+    kfp.local cannot resolve a ``dsl.OneOf``, and a TrainJob needs a cluster: the local
+    build has dpo_train only.
+    """
+    train_inputs = {k: v for k, v in inputs.items() if k != "cache_dir"}
+    if not where.cluster:
+        task = dpo_train(**inputs, processes=processes)
+        where.train(task)
+        return task.outputs["adapter"]
+    with dsl.If(backend == "trainjob", name="train-on-trainjob"):
+        job = train_job(**train_inputs, trainjob=trainjob_settings)
+        where.controller(job)
+    with dsl.Else(name="train-in-task"):
+        # The placement parameters go in as inputs too: kfp 2.17 does not hand a branch the
+        # parameters that only set_accelerator_* use (the task's YAML would name inputs
+        # its branch does not have).
+        task = dpo_train(
+            **inputs,
+            processes=processes,
+            accelerators=where.train_accelerator_count,
+            accelerator_type=where.accelerator_type,
+        )
+        where.train(task)
+    return dsl.OneOf(job.outputs["adapter"], task.outputs["adapter"])
 
 
 # How many shards of one stage run at once on a cluster. KFP takes a loop's parallelism

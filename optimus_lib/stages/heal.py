@@ -55,6 +55,9 @@ class HealSettings(Strict):
     fixed_reply: str = FIXED_REPLY
     seed: int = 0
     engine: Literal["auto", "transformers", "vllm"] = "auto"
+    # float32 | bfloat16 | float16; auto: bfloat16 on a GPU, float32 on a CPU (transformers),
+    # the checkpoint's own dtype (vLLM)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -93,11 +96,14 @@ def build_healer(settings: HealSettings, threshold: float):
     from optimus_lib.detect.base import DetectorOptions, build_detector
     from optimus_lib.models.engine import build_engine
 
-    engine = build_engine(h.model, h.engine, h.device, h.trust_remote_code, h.batch_size)
+    engine = build_engine(
+        h.model, h.engine, h.device, h.trust_remote_code, h.batch_size, dtype=h.dtype
+    )
     opts = DetectorOptions(
         model=h.model,
         device=h.device,
         engine=h.engine,
+        dtype=h.dtype,
         batch_size=h.batch_size,
         trust_remote_code=h.trust_remote_code,
         threshold=threshold if h.rescore_threshold is None else h.rescore_threshold,

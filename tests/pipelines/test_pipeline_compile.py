@@ -25,6 +25,7 @@ FAMILY = {
     "classify": "torch",
     "heal": "torch",
     "dpo_train": "torch",
+    "train_job": "light",
     "evaluate": "torch",
     "register": "light",
     "record_rejection": "light",
@@ -80,6 +81,11 @@ def test_compile_is_deterministic(tmp_path):
     assert all(normalise(first[k]) == normalise(second[k]) for k in first)
 
 
+def param(ref: dict) -> str:
+    """The pipeline parameter a task input refers to (``pipelinechannel--`` inside a branch)."""
+    return ref["componentInputParameter"].removeprefix("pipelinechannel--")
+
+
 def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
     spec, k8s = defense
     executors = spec["deploymentSpec"]["executors"]
@@ -88,14 +94,12 @@ def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
         assert "accelerator_type" in res["accelerator"]["resourceType"], task
         assert "accelerator_count" in res["accelerator"]["resourceCount"], task
         conf = k8s[f"exec-{task}"]
-        # in a loop or the curation sub-pipeline the parameter is a channel to it
-        selector = conf["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
-        assert selector.endswith("gpu_node_selector"), task
-        (toleration,) = conf["tolerations"]
-        assert toleration["tolerationJson"]["componentInputParameter"].endswith("gpu_tolerations")
+        # in a branch, a loop or the curation sub-pipeline a parameter is a channel to it
+        assert param(conf["nodeSelector"]["nodeSelectorJson"]).endswith("gpu_node_selector")
+        assert [param(t["tolerationJson"]) for t in conf["tolerations"]] == ["gpu_tolerations"]
         (pvc,) = conf["pvcMount"]
         assert pvc["mountPath"] == "/optimus-cache"
-        assert pvc["pvcNameParameter"]["componentInputParameter"].endswith("cache_pvc")
+        assert param(pvc["pvcNameParameter"]).endswith("cache_pvc")
         (secret,) = conf["secretAsEnv"]
         assert secret["optional"] is True
         assert secret["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "token"}]
@@ -124,10 +128,16 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
 def test_retries_caching_and_the_gate(defense):
     spec, _ = defense
     tasks = all_tasks(spec)
-    assert tasks["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    for train in ("dpo-train", "train-job"):  # both resume from their checkpoints
+        assert tasks[train]["retryPolicy"]["maxRetryCount"] >= 1
     assert tasks["evaluate"]["cachingOptions"] == {}  # caching off
     assert tasks["classify"]["cachingOptions"] == {"enableCache": True}
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    (gates,) = [
+        c["dag"]["tasks"]
+        for c in spec["components"].values()
+        if "dag" in c and any("gates" in t["taskInfo"]["name"] for t in c["dag"]["tasks"].values())
+    ]
+    branches = gates
     conds = {
         name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
         for name, t in branches.items()
@@ -160,8 +170,7 @@ def test_each_stage_gets_its_resolved_settings(defense):
         ("evaluate", "evaluate"),
     ):
         args = tasks[task]["inputs"]["parameters"]
-        setting = args["settings"]["componentInputParameter"]
-        assert setting.endswith(f"{section}_settings"), task  # a channel inside a loop
+        assert param(args["settings"]).endswith(f"{section}_settings"), task
         assert not {"model", "detector", "revision"} & set(args), task
     # the curation sub-pipeline gets the resolved settings, the seed and the shard count
     curation = tasks["curation"]["inputs"]["parameters"]
@@ -427,3 +436,68 @@ def test_experiment_loops_fan_in_and_promotion(experiment):
             assert f"pipelinechannel--{name}" in loop["inputs"]["parameters"]
     conditions = json.dumps(spec["components"])
     assert "'promote'" in conditions and "'reject'" in conditions
+
+
+@pytest.mark.parametrize("name", ["defense", "experiment"])
+def test_training_has_its_own_accelerator_count_and_processes(name):
+    """dpo_train reserves ``train_accelerator_count`` (all of its node's, say) and runs
+    ``train_processes`` ranks; classify, heal and evaluate keep ``accelerator_count``."""
+    spec, _ = yaml.safe_load_all((ROOT / "pipelines" / f"{name}.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    counts = {
+        task: executors[f"exec-{task}"]["container"]["resources"]["accelerator"]["resourceCount"]
+        for task in GPU_TASKS
+    }
+    assert counts.pop("dpo-train").endswith("--train_accelerator_count']}}")
+    assert all(c.endswith("--accelerator_count']}}") for c in counts.values()), counts
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_accelerator_count"]["defaultValue"] == 1
+    assert params["train_processes"]["defaultValue"] == 0
+    assert params["train_processes"]["parameterType"] == "NUMBER_INTEGER"
+
+    task = all_tasks(spec)["dpo-train"]  # in a branch (defense) or the arms loop
+    assert param(task["inputs"]["parameters"]["processes"]) == "train_processes"
+
+
+def test_resources_settings_give_the_per_stage_counts():
+    from optimus_lib.config import Resources
+
+    args = Resources(accelerator_count=1, train_accelerator_count=8).pipeline_arguments()
+    assert args["accelerator_count"] == 1 and args["train_accelerator_count"] == 8
+    assert args["train_processes"] == 0
+
+
+def test_training_backend_is_a_parameter_and_trainjob_is_a_light_controller(defense):
+    """``train_backend`` picks the branch: ``trainjob`` runs train_job (light image, no
+    accelerator, the cache PVC, retried), anything else dpo_train on the GPU pool; the
+    adapter evaluate and register get is whichever ran (dsl.OneOf)."""
+    spec, k8s = defense
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_backend"]["defaultValue"] == "local"
+    assert params["train_backend"]["parameterType"] == "STRING"
+    assert params["trainjob_settings"]["parameterType"] == "STRUCT"
+    tasks = all_tasks(spec)
+    conditions = {
+        t["taskInfo"]["name"]: t["triggerPolicy"]["condition"]
+        for t in tasks.values()
+        if t["taskInfo"]["name"] in ("train-on-trainjob", "train-in-task")
+    }
+    assert conditions == {
+        "train-on-trainjob": "inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob'",
+        "train-in-task": "!(inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob')",
+    }
+    job = tasks["train-job"]["inputs"]["parameters"]
+    assert param(job["trainjob"]) == "trainjob_settings"
+    assert param(job["settings"]) == "train_settings"
+    container = spec["deploymentSpec"]["executors"]["exec-train-job"]["container"]
+    assert "accelerator" not in container["resources"]
+    from components.images import IMAGES
+
+    assert container["image"] == IMAGES["light"]
+    (pvc,) = k8s["exec-train-job"]["pvcMount"]
+    assert pvc["mountPath"] == "/optimus-cache" and param(pvc["pvcNameParameter"]) == "cache_pvc"
+    assert "nodeSelector" not in k8s["exec-train-job"]  # it runs anywhere
+    evaluate = tasks["evaluate"]["inputs"]["artifacts"]["adapter"]
+    assert "oneof" in json.dumps(evaluate)
