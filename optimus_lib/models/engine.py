@@ -103,7 +103,9 @@ class TransformersEngine(PromptMixin):
             from tqdm.auto import tqdm
 
             return tqdm(batches, desc=desc, unit="batch")
-        return batches
+        from optimus_lib.progress import track
+
+        return track(batches, desc, total=len(lengths), size=len)  # lines on stderr
 
     # ---- scoring -----------------------------------------------------------------
     @staticmethod

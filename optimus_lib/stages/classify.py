@@ -19,6 +19,7 @@ from pydantic import Field
 
 from optimus_lib.data.io import read_jsonl, read_samples, write_jsonl
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
@@ -123,12 +124,14 @@ def score(settings: ClassifySettings, dialogs: Path, out: Path, start: int = 0):
     return samples, sharded_map(samples, detector.score, Path(out), key), detector
 
 
+@staged("classify")
 def classify(settings: ClassifySettings, dialogs: Path, scored_out: Path) -> ClassifyResult:
     """Score, calibrate, weaken, flag; write ``scored_out``; return the threshold used."""
     samples, scores, detector = score(settings, dialogs, scored_out)
     return flag(settings, samples, scores, scored_out, detector)
 
 
+@staged("classify")
 def score_shard(settings: ClassifySettings, shard: Path, start: int, out: Path) -> int:
     """One shard of a sharded classify: its records plus ``toxicity``, nothing flagged.
 
@@ -144,6 +147,7 @@ def score_shard(settings: ClassifySettings, shard: Path, start: int, out: Path) 
     return len(samples)
 
 
+@staged("classify")
 def flag_shards(settings: ClassifySettings, shards: list[Path], scored_out: Path) -> ClassifyResult:
     """The scored shards, in order, as one dataset: calibrate, weaken and flag them
     exactly as an unsharded classify would, and write ``scored_out``."""

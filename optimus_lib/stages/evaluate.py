@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 
 from optimus_lib.data.io import atomic_path, read_samples, write_json
 from optimus_lib.evaluate.stats import finite
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 
 
@@ -179,6 +180,7 @@ def _evaluate_one(s: EvaluateSettings, adapter: Path | None, toxic, benign, trig
         )
 
 
+@staged("evaluate")
 def evaluate(
     settings: EvaluateSettings,
     adapter: Path | None,
