@@ -80,6 +80,10 @@ class ExperimentConfig(Strict):
         default_factory=lambda: [1.0, 0.5, 0.15], min_length=1
     )
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # Methods run at one recall only (the paper's table runs every baseline at the
+    # weakest recall and only filter and optimus at the others): recall -> methods,
+    # each a subset of ``methods``; a recall not named runs all of ``methods``.
+    methods_at: dict[float, list[str]] = {}
     promote: Promotion | None = None
 
     @field_validator("name")
@@ -112,6 +116,12 @@ class ExperimentConfig(Strict):
             raise ValueError("base.classify.target_recall: set by the experiment's 'recalls'")
         if b.classify.reuse_scores:
             raise ValueError("base.classify.reuse_scores: the experiment scans once, then reuses")
+        for recall, names in self.methods_at.items():
+            if recall not in self.recalls:
+                raise ValueError(f"methods_at: recall {recall} is not in recalls")
+            extra = [m for m in names if m not in self.methods]
+            if extra or not names:
+                raise ValueError(f"methods_at[{recall}]: {extra or 'empty'}; name some of methods")
         p = self.promote
         if p is not None and not {"no_defense", p.method} <= set(self.methods):
             raise ValueError(f"promote: needs methods no_defense and {p.method} (the control)")
@@ -124,11 +134,12 @@ class ExperimentConfig(Strict):
     # ---- what the experiment pipeline receives -----------------------------------------
     def arms(self) -> list[dict[str, Any]]:
         """One ``{"seed", "recall", "method"}`` per arm, in run order: seed by seed,
-        recalls as given, methods as given; no_defense once per seed (first recall)."""
+        recalls as given, methods as given (``methods_at`` narrows a recall); no_defense
+        once per seed (first recall)."""
         out = []
         for seed in self.seeds:
             for i, recall in enumerate(self.recalls):
-                for method in self.methods:
+                for method in self.methods_at.get(recall, self.methods):
                     if method != "no_defense" or i == 0:
                         out.append({"seed": seed, "recall": recall, "method": method})
         return out
@@ -141,6 +152,12 @@ class ExperimentConfig(Strict):
         """The experiment pipeline's parameters (``pipelines/experiment.py``): the stages'
         settings resolved from ``base``, and the values the two loops vary."""
         args = self.base.pipeline_arguments()
+        if args.pop("train_backend") != "local":
+            raise OptimusError(
+                "resources.train_backend: trainjob is the defense pipeline's; the experiment "
+                "trains each arm in its own task (resources.train_processes)"
+            )
+        args.pop("trainjob_settings")
         top = max(self.recalls)
         if top < 1.0:
             # classify once per seed at the highest recall any arm uses: heal then writes

@@ -197,6 +197,9 @@ def test_jailbreak_only_toxic_replies():
         "role_override",
         "polite_wrapper",
         "gibberish",
+        "friendly_suffix",
+        "friendly_prefix",
+        "ignore_print_yes",
     }
 
 
