@@ -164,18 +164,34 @@ class Engine:
             cmd = ["inspect", "--type", "image", image]
         return subprocess.run(self.base_cmd + cmd, capture_output=True).returncode == 0
 
-    def build(self, dockerfile: Path, tag: str, args: dict[str, str | None], local_base: bool):
+    def build(
+        self,
+        dockerfile: Path,
+        tag: str,
+        args: dict[str, str | None],
+        local_base: bool,
+        context: Path = ROOT,
+    ):
         flags: list[str] = []
         for key, value in args.items():
             # KEY alone: the value comes from this process's environment (not the command
             # line, so index URLs with credentials stay out of logs).
             flags += ["--build-arg", key if value is None else f"{key}={value}"]
         if self.name == "docker":
-            cmd = ["build", "--network=host", "-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd = [
+                "build",
+                "--network=host",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                *flags,
+                str(context),
+            ]
         else:
             cmd = ["bud", "--isolation", "chroot", "--network", "host", "--layers"]
             cmd += ["--pull-never"] if local_base else []
-            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(context)]
         run(self.base_cmd + cmd)
 
     def run_in(self, image: str, shell: str) -> None:
@@ -404,6 +420,7 @@ def build(families: list[str], variant: str, vllm_variant: str = "cpu") -> dict[
         images.RUNTIME_IMAGE,
         {"BASE_IMAGE": base, "SOURCE_URL": source_url()},
         local_base,
+        context=DOCKER_DIR / "runtime",  # it copies nothing: no need to send the wheels
     )
     print(f"==> runtime base: {images.RUNTIME_IMAGE} ({time.monotonic() - t:.0f} s)")
     t0 = time.monotonic()
