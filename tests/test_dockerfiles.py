@@ -432,3 +432,27 @@ def test_bundled_dir_from_the_image_environment(monkeypatch, tmp_path):
     assert specs.resolve_model("bundled") == (str(baked), None)
     monkeypatch.setenv("OPTIMUS_BUNDLED_DIR", "")
     assert specs.bundled_path() == tmp_path / "pvc" / "models" / "smollm2-135m-instruct"
+
+
+def test_the_converter_files_import_alone(tmp_path):
+    """build/images/converter/ (what the model stage converts with) is complete: the
+    bundled model's converter imports from those files and the standard library only."""
+    import shutil as sh
+
+    import images as tool
+
+    for rel in tool.CONVERTER_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        sh.copy2(ROOT / rel, tmp_path / rel)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import optimus_lib.models.specs as s; print(s.__file__, callable(s.convert_bundled))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "optimus_lib/models/specs.py"), "True"]
+    for family in ("torch", "vllm"):
+        model = stages(DOCKERFILES[family])[stage_names(DOCKERFILES[family])["model"]]
+        assert model[0][1] == "${BASE_IMAGE} AS model" or model[0][1].startswith("deps "), model[0]
+        assert not any("build/images/dist/" in a for _, a in model), family
+        assert any(w == "COPY" and "build/images/converter/" in a for w, a in model), family

