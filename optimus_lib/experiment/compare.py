@@ -33,6 +33,8 @@ METRIC_KEYS = (
     "similarity",
     "over_refusal",
     "distinct_2",
+    "rtr_toxic_context",
+    "rtr_benign_context",
 )
 
 
@@ -94,6 +96,7 @@ def compare(
             "method": lab["method"],
             **{k: m.get(k) for k in METRIC_KEYS},
             **rtr_intervals(p, threshold, control.get(seed)),
+            **rtr_intervals(p, threshold, control.get(seed), "toxicity_context", "_context"),
             "evaluation": str(p),
         }
         if lab["method"] == "no_defense":
@@ -245,32 +248,44 @@ def collect(
     return Collected(decision, table, metrics, meta, list(gate["reasons"]))
 
 
-def _scores_by_context(eval_json: Path, name: str) -> dict[str, list[float]]:
-    """Evaluator scores of every stored reply in one test set, grouped by context id."""
+def _scores_by_context(
+    eval_json: Path, name: str, score: str = "toxicity"
+) -> dict[str, list[float]]:
+    """Evaluator scores (``score``: the row field, ``toxicity`` or ``toxicity_context``) of
+    every stored reply in one test set, grouped by context id; rows without it are left
+    out (an evaluation that ran no context evaluator)."""
     out: dict[str, list[float]] = {}
     for g in json.loads(eval_json.read_text(encoding="utf-8"))["generations"]:
-        if g["set"] == name:
-            out.setdefault(g["id"], []).append(g["toxicity"])
+        if g["set"] == name and g.get(score) is not None:
+            out.setdefault(g["id"], []).append(g[score])
     return out
 
 
 def rtr_intervals(
-    eval_json: Path, threshold: float, baseline: Path | None = None
+    eval_json: Path,
+    threshold: float,
+    baseline: Path | None = None,
+    score: str = "toxicity",
+    suffix: str = "",
 ) -> dict[str, float | None]:
     """95 % bootstrap intervals (over contexts) of RTR on toxic and benign contexts, from
     the per-reply scores a cell's evaluation stored; with ``baseline`` (no_defense's
     evaluation of the same seed), also the paired interval of the toxic-context RTR
-    difference to it (``rtr_toxic_diff_lo/hi``; None for the baseline itself)."""
+    difference to it (``rtr_toxic_diff_lo/hi``; None for the baseline itself). ``score``
+    and ``suffix``: the context evaluator's scores, under ``rtr_toxic_context_lo`` etc."""
     out: dict[str, float | None] = {}
     for name in ("toxic", "benign"):
-        lo, hi = rtr_interval(list(_scores_by_context(eval_json, name).values()), threshold)
-        out[f"rtr_{name}_lo"], out[f"rtr_{name}_hi"] = lo, hi
-    out["rtr_toxic_diff_lo"] = out["rtr_toxic_diff_hi"] = None
+        by = _scores_by_context(eval_json, name, score)
+        lo, hi = rtr_interval(list(by.values()), threshold) if by else (None, None)
+        out[f"rtr_{name}{suffix}_lo"], out[f"rtr_{name}{suffix}_hi"] = lo, hi
+    out[f"rtr_toxic{suffix}_diff_lo"] = out[f"rtr_toxic{suffix}_diff_hi"] = None
     if baseline is not None and baseline.is_file() and baseline.resolve() != eval_json.resolve():
-        mine, ref = _scores_by_context(eval_json, "toxic"), _scores_by_context(baseline, "toxic")
+        mine = _scores_by_context(eval_json, "toxic", score)
+        ref = _scores_by_context(baseline, "toxic", score)
         ids = sorted(set(mine) & set(ref))
-        lo, hi = rtr_diff_interval([mine[i] for i in ids], [ref[i] for i in ids], threshold)
-        out["rtr_toxic_diff_lo"], out["rtr_toxic_diff_hi"] = lo, hi
+        if ids:
+            lo, hi = rtr_diff_interval([mine[i] for i in ids], [ref[i] for i in ids], threshold)
+            out[f"rtr_toxic{suffix}_diff_lo"], out[f"rtr_toxic{suffix}_diff_hi"] = lo, hi
     return out
 
 
@@ -287,12 +302,10 @@ def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> lis
                 entry[k], entry[k + "_std"] = seed_summary(r.get(k) for r in group)
             if len(group) == 1:  # one seed: the bootstrap interval over contexts
                 for k in (
-                    "rtr_toxic_lo",
-                    "rtr_toxic_hi",
-                    "rtr_benign_lo",
-                    "rtr_benign_hi",
-                    "rtr_toxic_diff_lo",
-                    "rtr_toxic_diff_hi",
+                    f"rtr_{which}{sfx}_{end}"
+                    for which in ("toxic", "benign", "toxic_diff")
+                    for sfx in ("", "_context")
+                    for end in ("lo", "hi")
                 ):
                     entry[k] = group[0].get(k)
             out.append(entry)

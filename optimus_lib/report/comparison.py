@@ -38,6 +38,8 @@ REFERENCE = "no_defense"
 METRICS: tuple[tuple[str, str, tuple[float, float]], ...] = (
     ("rtr_toxic", "RTR toxic", (0.0, 1.0)),
     ("rtr_benign", "RTR benign", (0.0, 1.0)),
+    ("rtr_toxic_context", "RTR toxic (contextual)", (0.0, 1.0)),
+    ("rtr_benign_context", "RTR benign (contextual)", (0.0, 1.0)),
     ("mean_toxicity_toxic", "mean toxicity (toxic ctx)", (0.0, 1.0)),
     ("perplexity", "perplexity", (0.0, math.inf)),
     ("similarity", "similarity", (-1.0, 1.0)),
@@ -46,6 +48,7 @@ METRICS: tuple[tuple[str, str, tuple[float, float]], ...] = (
     ("detector_recall", "detector recall", (0.0, 1.0)),
 )
 DIFF = "rtr_toxic_diff"
+DIFF_CONTEXT = "rtr_toxic_context_diff"
 
 
 def _num(v: Any) -> Any:
@@ -140,15 +143,17 @@ def compare(rows: list[dict[str, Any]], reference: str = REFERENCE) -> Compariso
                     r[key] for r in group if r.get(key) is not None
                 ]
             if method != reference:
-                diffs = []
-                for r in group:
-                    ref = by.get((recall, r["seed"], reference), ref_any.get(r["seed"]))
-                    mine, theirs = r.get("rtr_toxic"), ref and ref.get("rtr_toxic")
-                    d = mine - theirs if mine is not None and theirs is not None else None
-                    point = (d, r.get(DIFF + "_lo"), r.get(DIFF + "_hi"))
-                    cmp.seed_diffs[(recall, r["seed"], method)] = estimate([point])
-                    diffs.append(point)
-                cell[DIFF] = estimate(diffs, (-1.0, 1.0))
+                for key, diff in (("rtr_toxic", DIFF), ("rtr_toxic_context", DIFF_CONTEXT)):
+                    diffs = []
+                    for r in group:
+                        ref = by.get((recall, r["seed"], reference), ref_any.get(r["seed"]))
+                        mine, theirs = r.get(key), ref and ref.get(key)
+                        d = mine - theirs if mine is not None and theirs is not None else None
+                        point = (d, r.get(diff + "_lo"), r.get(diff + "_hi"))
+                        if diff == DIFF:
+                            cmp.seed_diffs[(recall, r["seed"], method)] = estimate([point])
+                        diffs.append(point)
+                    cell[diff] = estimate(diffs, (-1.0, 1.0))
                 for r in group:
                     if r.get("detector_recall") is not None:
                         det.setdefault(r["seed"], r["detector_recall"])
@@ -319,6 +324,7 @@ def render_comparison(
     records of results.csv); the keyword sections are optional extras of a full
     experiment. Raises :class:`OptimusError` on a row without seed/recall/method."""
     cmp = compare(rows, reference)
+    has_context = any(c["rtr_toxic_context"].value is not None for c in cmp.cells.values())
     import yaml
 
     return render(
@@ -331,6 +337,12 @@ def render_comparison(
         rtr_toxic=_side_by_side(cmp, "rtr_toxic", cmp.methods),
         rtr_benign=_side_by_side(cmp, "rtr_benign", cmp.methods),
         paired=_side_by_side(cmp, DIFF, cmp.compared, signed=True) if cmp.has_reference else [],
+        rtr_toxic_context=_side_by_side(cmp, "rtr_toxic_context", cmp.methods)
+        if has_context
+        else [],
+        paired_context=_side_by_side(cmp, DIFF_CONTEXT, cmp.compared, signed=True)
+        if has_context and cmp.has_reference
+        else [],
         paired_seeds=_per_seed_diffs(cmp) if cmp.has_reference and len(cmp.seeds) > 1 else [],
         metrics=_all_metrics(cmp),
         attacks=_records(attacks, ATTACK_COLUMNS),

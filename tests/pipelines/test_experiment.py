@@ -199,10 +199,26 @@ def test_bank_matches_inputs_by_seed_not_order(tmp_path):
         bank_seeds(bad, tmp_path / "bank3")
 
 
-def _evaluation(path: Path, seed: int, recall: float, method: str, toxic: list[float], **m):
+def _evaluation(
+    path: Path,
+    seed: int,
+    recall: float,
+    method: str,
+    toxic: list[float],
+    context: list[float] | None = None,
+    **m,
+):
+    """An evaluation JSON; ``context``: the context evaluator's toxic-set scores."""
     gens = [{"set": "toxic", "id": f"t{i}", "toxicity": x} for i, x in enumerate(toxic)]
     gens += [{"set": "benign", "id": f"b{i}", "toxicity": 0.0} for i in range(4)]
     metrics = {"rtr_toxic": sum(x >= 0.5 for x in toxic) / len(toxic), "rtr_benign": 0.0}
+    if context is not None:
+        for g, x in zip(gens, context):
+            g["toxicity_context"] = x
+        for g in gens[len(toxic) :]:
+            g["toxicity_context"] = 0.0
+        metrics["rtr_toxic_context"] = sum(x >= 0.5 for x in context) / len(context)
+        metrics["rtr_benign_context"] = 0.0
     metrics.update({"perplexity": 10.0, "over_refusal": 0.0, **m})
     labels = {"seed": seed, "recall_target": recall, "method": method, "adapter_uri": str(path)}
     write_json(path, {"metrics": metrics, "generations": gens, "labels": labels, "gate": {}})
@@ -233,6 +249,32 @@ def test_compare_pairs_by_seed_and_judges_the_promotion(tmp_path):
     assert not res["promotion"]["passed"]
     assert res["promotion"]["reasons"] == ["perplexity_increase = 0.2 > 0.1 (over no_defense)"]
     assert (tmp_path / "r.csv").is_file() and (tmp_path / "r.html").is_file()
+
+
+def test_compare_reports_both_evaluators(tmp_path):
+    """The context evaluator's RTR gets its own intervals, its paired difference to
+    no_defense and its own tables on the page, beside the first evaluator's."""
+    lexical = [1.0] * 4 + [0.0] * 16  # the reply-only evaluator sees 4 of 20
+    context = [1.0] * 12 + [0.0] * 8  # agreeing with the toxic turn: 12 of 20
+    evs = [
+        _evaluation(tmp_path / "n0.json", 0, 0.15, "no_defense", lexical, context),
+        _evaluation(tmp_path / "o0.json", 0, 0.15, "optimus", [0.0] * 20, [0.0] * 20),
+    ]
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
+    by = {r["method"]: r for r in res["rows"]}
+    assert by["no_defense"]["rtr_toxic_context"] == 0.6 and by["no_defense"]["rtr_toxic"] == 0.2
+    assert by["no_defense"]["rtr_toxic_context_lo"] < 0.6 < by["no_defense"]["rtr_toxic_context_hi"]
+    assert by["optimus"]["rtr_toxic_context_diff_hi"] < 0
+    assert by["optimus"]["rtr_toxic_context_diff_lo"] < by["optimus"]["rtr_toxic_diff_lo"]
+    page = (tmp_path / "r.html").read_text()
+    assert "RTR on toxic contexts, contextual evaluator" in page
+    assert "RTR toxic (contextual)" in page and "0.600" in page
+    # evaluations without a context evaluator: no such columns, no such section
+    old = [_evaluation(tmp_path / "x.json", 0, 0.15, "no_defense", lexical)]
+    res = compare(old, tmp_path / "r2.json", tmp_path / "r2.html")
+    assert res["rows"][0]["rtr_toxic_context"] is None
+    assert res["rows"][0]["rtr_toxic_context_lo"] is None
+    assert "contextual evaluator" not in (tmp_path / "r2.html").read_text()
 
 
 def test_compare_refuses_an_unlabelled_evaluation(tmp_path):
