@@ -118,6 +118,7 @@ def compare(
         "rows": rows,
         "summary": summarise(rows, seen, recalls),
         "promotion": _promotion(rows, evs, control, promote) if promote else None,
+        "examples": example_replies(evs, order),
         "config": {
             "methods": seen,
             "recalls": recalls,
@@ -135,6 +136,74 @@ def compare(
 
     with atomic_path(report_html) as tmp:
         tmp.write_text(render_experiment(out), encoding="utf-8")
+    return out
+
+
+#: Toxic contexts shown per report, and the longest text kept of a turn or reply.
+EXAMPLES = 3
+EXAMPLE_CHARS = 400
+
+
+def example_replies(
+    evs: dict[Path, dict[str, Any]], order: list[str], n: int = EXAMPLES
+) -> list[dict[str, Any]]:
+    """A few toxic contexts with every method's reply to each, so a reader sees what the
+    RTR means: the first seed, the lowest recall (the hardest for the defense), and the
+    contexts where no_defense's reply was most toxic first (by the first evaluator).
+    Each entry: ``context`` (the last turn), ``id``, ``seed``, ``recall_target`` and
+    ``replies`` (``method``, ``reply``, ``toxicity``, ``toxicity_context``), no_defense
+    first. Texts are cut to :data:`EXAMPLE_CHARS`; they are dataset and model text, and
+    the report escapes them."""
+    if not evs:
+        return []
+    seed = min(int(ev["labels"]["seed"]) for ev in evs.values())
+    mine = [ev for ev in evs.values() if int(ev["labels"]["seed"]) == seed]
+    arms = [ev for ev in mine if ev["labels"]["method"] != "no_defense"]
+    recall = min((float(ev["labels"]["recall_target"]) for ev in arms), default=None)
+    shown = [ev for ev in mine if ev["labels"]["method"] == "no_defense"]
+    shown += [ev for ev in arms if float(ev["labels"]["recall_target"]) == recall]
+
+    def rank(ev: dict[str, Any]) -> tuple:
+        m = ev["labels"]["method"]
+        return (m != "no_defense", order.index(m) if m in order else len(order), m)
+
+    shown.sort(key=rank)
+    first: list[dict[str, dict[str, Any]]] = []  # per shown arm: context id -> first reply
+    for ev in shown:
+        by: dict[str, dict[str, Any]] = {}
+        for g in ev.get("generations") or []:
+            if g.get("set") == "toxic" and g.get("id") is not None:
+                by.setdefault(str(g["id"]), g)
+        first.append(by)
+    if not first:
+        return []
+    ids = [i for i in first[0] if all(i in by for by in first[1:])]
+    ids.sort(key=lambda i: -float(first[0][i].get("toxicity") or 0.0))
+
+    def cut(text: Any) -> str:
+        text = str(text or "")
+        return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "\u2026"
+
+    out = []
+    for i in ids[:n]:
+        context = first[0][i].get("context") or [""]
+        out.append(
+            {
+                "id": i,
+                "seed": seed,
+                "recall_target": recall,
+                "context": cut(context[-1] if context else ""),
+                "replies": [
+                    {
+                        "method": ev["labels"]["method"],
+                        "reply": cut(by[i].get("reply")),
+                        "toxicity": by[i].get("toxicity"),
+                        "toxicity_context": by[i].get("toxicity_context"),
+                    }
+                    for ev, by in zip(shown, first)
+                ],
+            }
+        )
     return out
 
 

@@ -310,6 +310,31 @@ HEALER_ATTACK_COLUMNS = {
 }
 
 
+def _examples(examples: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Each example as its context plus rows of (method, reply, score(s)) strings."""
+    out = []
+    for e in examples or []:
+        both = any(r.get("toxicity_context") is not None for r in e.get("replies", []))
+        header = ["method", "reply", "toxicity"] + (["toxicity (contextual)"] if both else [])
+        rows = [
+            [str(r.get("method", "")), str(r.get("reply", "")), fmt(r.get("toxicity"))]
+            + ([fmt(r.get("toxicity_context"))] if both else [])
+            for r in e.get("replies", [])
+        ]
+        recall = e.get("recall_target")
+        out.append(
+            {
+                "context": str(e.get("context", "")),
+                "where": f"seed {e.get('seed')}"
+                + ("" if recall is None else f", recall target {recall:g}")
+                + f", context {e.get('id')}",
+                "header": header,
+                "rows": rows,
+            }
+        )
+    return out
+
+
 def render_comparison(
     rows: list[dict[str, Any]],
     title: str,
@@ -317,6 +342,7 @@ def render_comparison(
     reference: str = REFERENCE,
     attacks: list[dict[str, Any]] | None = None,
     healer_attacks: list[dict[str, Any]] | None = None,
+    examples: list[dict[str, Any]] | None = None,
     config: dict[str, Any] | None = None,
     seconds: float | None = None,
 ) -> str:
@@ -347,6 +373,7 @@ def render_comparison(
         metrics=_all_metrics(cmp),
         attacks=_records(attacks, ATTACK_COLUMNS),
         healer_attacks=_records(healer_attacks, HEALER_ATTACK_COLUMNS),
+        examples=_examples(examples),
         config=yaml.safe_dump(config, sort_keys=False) if config else "",
         seconds="" if seconds is None else f"{seconds:g}",
     )

@@ -277,6 +277,41 @@ def test_compare_reports_both_evaluators(tmp_path):
     assert "contextual evaluator" not in (tmp_path / "r2.html").read_text()
 
 
+def test_report_shows_example_replies_escaped(tmp_path):
+    """The page shows the same toxic contexts answered by no_defense and by optimus (the
+    lowest recall, the contexts no_defense was most toxic on first), with hostile text
+    escaped."""
+    hostile = "<script>alert('x')</script>"
+
+    def ev(name: str, method: str, recall: float, replies: list[str], scores: list[float]):
+        path = _evaluation(tmp_path / name, 0, recall, method, scores)
+        doc = json.loads(path.read_text())
+        for g, r in zip(doc["generations"], replies):
+            g["context"] = ["earlier turn", f"toxic turn {g['id']} {hostile}"]
+            g["reply"] = r
+        write_json(path, doc)
+        return path
+
+    bad = [f"nasty {i} {hostile}" for i in range(5)]
+    evs = [
+        ev("n.json", "no_defense", 0.5, bad, [0.2, 0.9, 0.1, 0.8, 0.0]),
+        ev("o5.json", "optimus", 0.5, [f"at 0.5 {i}" for i in range(5)], [0.0] * 5),
+        ev("o1.json", "optimus", 0.15, [f"kind {i}" for i in range(5)], [0.0] * 5),
+    ]
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
+    ex = res["examples"]
+    assert [e["id"] for e in ex] == ["t1", "t3", "t0"]  # most toxic for no_defense first
+    assert all(e["recall_target"] == 0.15 for e in ex)  # the hardest recall
+    assert [r["method"] for r in ex[0]["replies"]] == ["no_defense", "optimus"]
+    assert [r["reply"] for r in ex[0]["replies"]] == [bad[1], "kind 1"]
+    assert ex[0]["context"] == f"toxic turn t1 {hostile}"
+    page = (tmp_path / "r.html").read_text()
+    assert "Example replies to toxic contexts" in page and "kind 1" in page
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") == 6  # 3 contexts, 3 no_defense replies
+    assert json.loads((tmp_path / "r.json").read_text())["examples"] == ex
+
+
 def test_compare_refuses_an_unlabelled_evaluation(tmp_path):
     write_json(tmp_path / "e.json", {"metrics": {}, "generations": []})
     with pytest.raises(OptimusError, match="no arm labels"):
