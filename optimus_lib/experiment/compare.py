@@ -87,11 +87,15 @@ def compare(
         lab, m = ev["labels"], ev["metrics"]
         seed = int(lab["seed"])
         threshold = float((ev.get("settings") or {}).get("threshold", 0.5))
+        attack, data_seed = s.attack_of(seed)
         row = {
             "seed": seed,
+            "attack": attack,  # None: clean data; else the evasion its toxic replies carry
+            "data_seed": data_seed,
             "recall_target": float(lab["recall_target"]),
             "detector_recall": lab.get("detector_recall"),
             "detector_precision": lab.get("detector_precision"),
+            "detector_recall_evaded": lab.get("detector_recall_evaded"),
             "flagged": None if lab.get("flagged") is None else int(lab["flagged"]),
             "method": lab["method"],
             **{k: m.get(k) for k in METRIC_KEYS},
@@ -116,7 +120,9 @@ def compare(
     out: dict[str, Any] = {
         "name": name,
         "rows": rows,
-        "summary": summarise(rows, seen, recalls),
+        "summary": summarise(
+            rows, seen, recalls, list(dict.fromkeys(r["attack"] for r in rows if r["attack"]))
+        ),
         "promotion": _promotion(rows, evs, control, promote) if promote else None,
         "examples": example_replies(evs, order),
         "config": {
@@ -124,6 +130,7 @@ def compare(
             "recalls": recalls,
             "seeds": sorted({r["seed"] for r in rows}),
             "promote": promote.model_dump(exclude_none=True) if promote else None,
+            "attacks": list(s.attacks),
         },
         "seconds": None,
     }
@@ -214,7 +221,7 @@ def _promotion(
     promote: Promotion,
 ) -> dict[str, Any]:
     """The promoted method's verdict against no_defense on the first seed and recall."""
-    mine = [r for r in rows if r["method"] == promote.method]
+    mine = [r for r in rows if r["method"] == promote.method and r.get("attack") is None]
     if not mine:
         return {"passed": False, "reasons": [f"no {promote.method} arm ran"], "checked": []}
     row = mine[0]  # rows are sorted: first seed, highest recall first
@@ -284,7 +291,9 @@ def collect(
     promoted_dir.mkdir(parents=True, exist_ok=True)
     table = compare(evaluations, results_dir / "results.json", report_html, settings)
     metrics = {
-        f"{row['method']}@{row['recall_target']:g}:{k}": float(row[k])
+        f"{row['method']}@{row['recall_target']:g}"
+        + (f"[{row['attack']}]" if row.get("attack") else "")
+        + f":{k}": float(row[k])
         for row in table["summary"]
         for k in ("rtr_toxic", "perplexity", "over_refusal")
         if row.get(k) is not None
@@ -358,26 +367,42 @@ def rtr_intervals(
     return out
 
 
-def summarise(rows: list[dict], methods: list[str], recalls: list[float]) -> list[dict]:
-    """Mean and sample standard deviation over seeds per (recall, method)."""
+def summarise(
+    rows: list[dict], methods: list[str], recalls: list[float], attacks: list[str] | None = None
+) -> list[dict]:
+    """Mean and sample standard deviation over seeds per (attack, recall, method): the
+    clean data first (``attack`` None), then each attack."""
     out = []
-    for recall in recalls:
-        for method in methods:
-            group = [r for r in rows if r["method"] == method and r["recall_target"] == recall]
-            if not group:
-                continue
-            entry: dict[str, Any] = {"recall_target": recall, "method": method, "seeds": len(group)}
-            for k in (*METRIC_KEYS, "detector_recall"):
-                entry[k], entry[k + "_std"] = seed_summary(r.get(k) for r in group)
-            if len(group) == 1:  # one seed: the bootstrap interval over contexts
-                for k in (
-                    f"rtr_{which}{sfx}_{end}"
-                    for which in ("toxic", "benign", "toxic_diff")
-                    for sfx in ("", "_context")
-                    for end in ("lo", "hi")
-                ):
-                    entry[k] = group[0].get(k)
-            out.append(entry)
+    for attack, recall, method in (
+        (a, r, m) for a in [None, *(attacks or [])] for r in recalls for m in methods
+    ):
+        group = [
+            r
+            for r in rows
+            if r["method"] == method and r["recall_target"] == recall and r.get("attack") == attack
+        ]
+        if not group:
+            continue
+        entry: dict[str, Any] = {"recall_target": recall, "method": method, "seeds": len(group)}
+        if attack is not None:
+            entry["attack"] = attack
+        for k in (*METRIC_KEYS, "detector_recall", "detector_recall_evaded"):
+            entry[k], entry[k + "_std"] = seed_summary(r.get(k) for r in group)
+        if len(group) == 1:  # one seed: the bootstrap interval over contexts
+            for k in (
+                f"{key}_{end}"
+                for key in (
+                    "rtr_toxic",
+                    "rtr_benign",
+                    "rtr_toxic_diff",
+                    "rtr_toxic_context",
+                    "rtr_benign_context",
+                    "rtr_toxic_context_diff",
+                )
+                for end in ("lo", "hi")
+            ):
+                entry[k] = group[0].get(k)
+        out.append(entry)
     return out
 
 

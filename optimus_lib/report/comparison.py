@@ -46,6 +46,7 @@ METRICS: tuple[tuple[str, str, tuple[float, float]], ...] = (
     ("over_refusal", "over-refusal", (0.0, 1.0)),
     ("distinct_2", "distinct-2", (0.0, 1.0)),
     ("detector_recall", "detector recall", (0.0, 1.0)),
+    ("detector_recall_evaded", "detector recall, evaded replies", (0.0, 1.0)),
 )
 DIFF = "rtr_toxic_diff"
 DIFF_CONTEXT = "rtr_toxic_context_diff"
@@ -286,28 +287,41 @@ def _all_metrics(cmp: Comparison) -> list[list[str]]:
     return rows
 
 
-def _records(records: list[dict[str, Any]] | None, columns: dict[str, str]) -> list[list[str]]:
-    if not records:
-        return []
-    return [list(columns.values())] + [[fmt(r.get(k)) for k in columns] for r in records]
-
-
-ATTACK_COLUMNS = {
-    "seed": "seed",
-    "detector": "detector",
-    "attack": "attack",
-    "caught_before": "caught before",
-    "pass_after": "pass after",
-    "success_rate": "success rate",
-}
-HEALER_ATTACK_COLUMNS = {
-    "seed": "seed",
-    "style": "style",
-    "n": "contexts",
-    "toxic_unchecked": "toxic, unchecked",
-    "toxic_after_rescore": "toxic after re-scoring",
-    "fallback": "fallback",
-}
+def _attack_sections(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """One section per attack: RTR on toxic contexts, the paired difference to the
+    reference on the same attacked data, and the detector's recall on the evaded replies
+    beside its recall on all toxic ones (seeds shown as the data seed they attack)."""
+    names = list(dict.fromkeys(str(r["attack"]) for r in rows if r.get("attack")))
+    out = []
+    for name in names:
+        sub = [
+            {**r, "seed": r.get("data_seed", r["seed"])} for r in rows if r.get("attack") == name
+        ]
+        cmp = compare(sub, reference)
+        det = [["recall target", "detector recall (all toxic)", "recall on evaded replies"]]
+        for recall in reversed(cmp.recalls):
+            cell = next(
+                (cmp.cells[(recall, m)] for m in cmp.compared if (recall, m) in cmp.cells), None
+            )
+            if cell is not None:
+                det.append(
+                    [
+                        f"{recall:g}",
+                        cell["detector_recall"].text(),
+                        cell["detector_recall_evaded"].text(),
+                    ]
+                )
+        out.append(
+            {
+                "name": name,
+                "rtr_toxic": _side_by_side(cmp, "rtr_toxic", cmp.methods),
+                "paired": _side_by_side(cmp, DIFF, cmp.compared, signed=True)
+                if cmp.has_reference
+                else [],
+                "detector": det if len(det) > 1 else [],
+            }
+        )
+    return out
 
 
 def _examples(examples: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
@@ -340,16 +354,17 @@ def render_comparison(
     title: str,
     *,
     reference: str = REFERENCE,
-    attacks: list[dict[str, Any]] | None = None,
-    healer_attacks: list[dict[str, Any]] | None = None,
     examples: list[dict[str, Any]] | None = None,
     config: dict[str, Any] | None = None,
     seconds: float | None = None,
 ) -> str:
     """The comparison page for result rows (the dicts of results.json ``rows`` or the
     records of results.csv); the keyword sections are optional extras of a full
-    experiment. Raises :class:`OptimusError` on a row without seed/recall/method."""
-    cmp = compare(rows, reference)
+    experiment. Rows with an ``attack`` (attacked data, the experiment's ``attacks``) get
+    a section each; the main tables are the clean rows'. Raises :class:`OptimusError` on
+    a row without seed/recall/method."""
+    clean = [r for r in rows if not (isinstance(r, dict) and r.get("attack"))]
+    cmp = compare(clean, reference)
     has_context = any(c["rtr_toxic_context"].value is not None for c in cmp.cells.values())
     import yaml
 
@@ -371,8 +386,7 @@ def render_comparison(
         else [],
         paired_seeds=_per_seed_diffs(cmp) if cmp.has_reference and len(cmp.seeds) > 1 else [],
         metrics=_all_metrics(cmp),
-        attacks=_records(attacks, ATTACK_COLUMNS),
-        healer_attacks=_records(healer_attacks, HEALER_ATTACK_COLUMNS),
+        attacks=_attack_sections(rows, reference),
         examples=_examples(examples),
         config=yaml.safe_dump(config, sort_keys=False) if config else "",
         seconds="" if seconds is None else f"{seconds:g}",

@@ -312,6 +312,55 @@ def test_report_shows_example_replies_escaped(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["examples"] == ex
 
 
+def test_attacks_are_an_axis_of_seeds_over_the_same_data(tiny_model_dir):
+    exp = _exp(tiny_model_dir, attacks=["jailbreak:friendly_suffix", "perturb:typos"])
+    assert exp.run_seeds() == [0, 1000, 2000]
+    assert {a["seed"] for a in exp.arms()} == {0, 1000, 2000} and len(exp.arms()) == 9
+    args = exp.pipeline_arguments()
+    assert args["seeds"] == [0, 1000, 2000]
+    assert args["data_settings"]["attacks"] == ["jailbreak:friendly_suffix", "perturb:typos"]
+    assert args["comparison_settings"]["attacks"] == args["data_settings"]["attacks"]
+    assert exp.comparison().attack_of(2000) == ("perturb:typos", 0)
+    assert exp.comparison().attack_of(7) == (None, 7)
+    for bad, match in (
+        ({"attacks": ["jailbreak:nope"]}, "unknown jailbreak"),
+        ({"attacks": ["perturb:paraphrase"]}, "paraphrasing model"),
+        ({"attacks": ["rot13"]}, "evasion must be"),
+        ({"attacks": ["perturb:typos"], "seeds": [1000]}, "less than 1000"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _exp(tiny_model_dir, **bad)
+    raw = {"attacks": ["perturb:typos"], "base": {"data": {"evasion": "perturb:typos"}}}
+    with pytest.raises(ValueError, match="clean seeds stay clean"):
+        ExperimentConfig.model_validate(raw)
+
+
+def test_compare_labels_attacked_arms_and_keeps_them_apart(tmp_path):
+    toxic = [1.0] * 12 + [0.0] * 8
+    evs = [
+        _evaluation(tmp_path / "n0.json", 0, 0.5, "no_defense", toxic),
+        _evaluation(tmp_path / "o0.json", 0, 0.5, "optimus", [0.0] * 20),
+        _evaluation(tmp_path / "n1.json", 1000, 0.5, "no_defense", toxic),
+        _evaluation(tmp_path / "o1.json", 1000, 0.5, "optimus", toxic, detector_recall=0.5),
+    ]
+    doc = json.loads((tmp_path / "o1.json").read_text())
+    doc["labels"]["detector_recall_evaded"] = 0.25
+    write_json(tmp_path / "o1.json", doc)
+    cfg = ComparisonSettings(attacks=["jailbreak:friendly_suffix"], promote=Promotion())
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html", cfg)
+    by = {(r["attack"], r["method"]): r for r in res["rows"]}
+    hit = by[("jailbreak:friendly_suffix", "optimus")]
+    assert hit["data_seed"] == 0 and hit["detector_recall_evaded"] == 0.25
+    assert hit["rtr_toxic_diff_lo"] == hit["rtr_toxic_diff_hi"] == 0  # paired on attacked data
+    assert by[(None, "optimus")]["rtr_toxic_diff_hi"] < 0
+    summary = {(e.get("attack"), e["method"]): e for e in res["summary"]}
+    assert summary[("jailbreak:friendly_suffix", "optimus")]["rtr_toxic"] == 0.6
+    assert summary[(None, "optimus")]["rtr_toxic"] == 0.0
+    assert res["promotion"]["seed"] == 0  # promoted on clean data only
+    page = (tmp_path / "r.html").read_text()
+    assert "Attack jailbreak:friendly_suffix: detector recall" in page
+
+
 def test_compare_refuses_an_unlabelled_evaluation(tmp_path):
     write_json(tmp_path / "e.json", {"metrics": {}, "generations": []})
     with pytest.raises(OptimusError, match="no arm labels"):
