@@ -283,7 +283,7 @@ def _check_gpu_nodes(api: _Api, needs: list[GpuTask]) -> list[Check]:
     out = []
     for group in groups.values():
         first = group[0]
-        names = ", ".join(n.task for n in group)
+        names = ", ".join(sorted(n.task for n in group))
         sel = ",".join(f"{k}={v}" for k, v in sorted(first.node_selector.items())) or "(any node)"
         if not first.resource:
             out.append(

@@ -166,6 +166,13 @@ def run_local(
     Raises ``OptimusError`` (one line) for an unknown parameter or a failed task: the
     failing task's own one-line error when it printed one.
     """
+    if arguments.get("train_backend", "local") != "local":
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            f"train_backend {arguments['train_backend']!r} needs a cluster (optimus submit); "
+            "a local run trains in its own processes (resources.train_processes)"
+        )
     run = _run_pipeline(build_defense_pipeline(cluster=False), arguments, pipeline_root, log)
     evaluation = Path(run.outputs["evaluation"].path)
     run_dir = evaluation.parents[1]  # <pipeline_root>/<pipeline>-<time>/evaluate/evaluation

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -51,7 +51,16 @@ class Resources(Strict):
     """Kubernetes placement of the GPU stages (ignored by the local runner)."""
 
     accelerator_type: str = "nvidia.com/gpu"
-    accelerator_count: int = Field(1, ge=0)
+    accelerator_count: int = Field(1, ge=0)  # per inference task: classify, heal, evaluate
+    # The training task's accelerators (e.g. all 8 of its node) and its processes there
+    # (0: one per accelerator; dpo_train runs one rank each under torchrun).
+    train_accelerator_count: int = Field(1, ge=0)
+    train_processes: int = Field(0, ge=0)
+    # ``trainjob``: the defense pipeline trains on Kubeflow Trainer (a TrainJob over
+    # ``trainjob.num_nodes`` nodes) from a light task; ``trainjob`` holds TrainJobSettings
+    # beyond what is filled in from here (accelerator, node selector, tolerations, PVC).
+    train_backend: Literal["local", "trainjob"] = "local"
+    trainjob: dict[str, Any] = {}
     node_selector: dict[str, str] = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     tolerations: list[dict[str, Any]] = [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -59,15 +68,40 @@ class Resources(Strict):
     # The PVC the GPU tasks mount at /optimus-cache (model cache + checkpoints); the
     # manifests create it under this name (manifests/base/cache-pvc.yaml).
     pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    # Shards classify and heal each run in: one pod per shard on a cluster, one after
+    # the other under the local runner; the merged outputs equal an unsharded run's.
+    shards: int = Field(1, ge=1, le=1024)
+
+    def trainjob_settings(self) -> dict[str, Any]:
+        """TrainJobSettings of the trainjob backend: the GPU pool's placement from here
+        (``train_accelerator_count`` per node), ``trainjob`` on top; validated now."""
+        from optimus_lib.settings import load_settings
+        from optimus_lib.stages.trainjob import TrainJobSettings
+
+        base = {
+            "accelerator_type": self.accelerator_type,
+            "accelerators_per_node": self.train_accelerator_count,
+            "node_selector": self.node_selector,
+            "tolerations": self.tolerations,
+            "pvc": self.pvc_name,
+        }
+        job = load_settings(TrainJobSettings, {**base, **self.trainjob})
+        return job.model_dump(exclude_defaults=True)
 
     def pipeline_arguments(self) -> dict[str, Any]:
-        """The pipelines' placement parameters (the same in both pipelines)."""
+        """The pipelines' placement parameters (the defense pipeline's; the experiment
+        pipeline takes all but the training backend's)."""
         return {
             "accelerator_type": self.accelerator_type,
             "accelerator_count": self.accelerator_count,
+            "train_accelerator_count": self.train_accelerator_count,
+            "train_processes": self.train_processes,
+            "train_backend": self.train_backend,
+            "trainjob_settings": self.trainjob_settings(),
             "gpu_node_selector": self.node_selector,
             "gpu_tolerations": self.tolerations,
             "cache_pvc": self.pvc_name,
+            "shards": self.shards,
         }
 
 

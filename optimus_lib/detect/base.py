@@ -37,6 +37,7 @@ class DetectorOptions:
     model: str | None = None
     device: str = "auto"
     engine: str = "auto"  # auto | transformers | vllm
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     batch_size: int = 16
     max_prompt_tokens: int = 512
     paraphrases: int = 1

@@ -180,7 +180,9 @@ def engine_for(opts: DetectorOptions, spec: str) -> TransformersEngine:
         return cached
     from optimus_lib.models.engine import build_engine
 
-    engine = build_engine(spec, opts.engine, opts.device, opts.trust_remote_code, opts.batch_size)
+    engine = build_engine(
+        spec, opts.engine, opts.device, opts.trust_remote_code, opts.batch_size, dtype=opts.dtype
+    )
     opts.shared.setdefault("engines", {})[spec] = engine
     return engine
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector
 from optimus_lib.evaluate.metrics import distinct_n, refusal_rate, rtr
+from optimus_lib.seeds import derive_seed, record_key
 
 if TYPE_CHECKING:  # torch only where a model runs
     from optimus_lib.models.engine import TransformersEngine
@@ -43,6 +44,7 @@ def evaluate_model(
     similarity: bool = True,
     triggered: list[Sample] | None = None,
     sampling: Any = None,
+    seed: int = 0,
     context_evaluator: Detector | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-reply generations for one model.
@@ -56,7 +58,8 @@ def evaluate_model(
     ``sampling`` (anything with ``do_sample``, ``samples``, ``top_p``, ``temperature``):
     decode with nucleus sampling and ``samples`` replies per context (RTR, refusal,
     diversity and similarity are then over every reply); greedy when None or
-    ``do_sample`` is off.
+    ``do_sample`` is off. Reply ``j`` of a context samples with a seed derived from
+    ``seed``, the context's record and ``j``, so it is the same in any batch or shard.
     """
     from optimus_lib.models.engine import perplexity
 
@@ -73,6 +76,9 @@ def evaluate_model(
                 do_sample=True,
                 top_p=sampling.top_p,
                 temperature=sampling.temperature,
+                seeds=[
+                    derive_seed(seed, record_key(s), "reply", j) for s in samples for j in range(n)
+                ],
             )
         else:
             gen = engine.generate(prompts, max_new_tokens=max_new_tokens)

@@ -100,6 +100,10 @@ class ExperimentConfig(Strict):
     seeds: list[Annotated[int, Field(ge=0, lt=ATTACK_SEED_STRIDE)]] = Field(
         default_factory=lambda: [0], min_length=1
     )
+    # Methods run at one recall only (the paper's table runs every baseline at the
+    # weakest recall and only filter and optimus at the others): recall -> methods,
+    # each a subset of ``methods``; a recall not named runs all of ``methods``.
+    methods_at: dict[float, list[str]] = {}
     promote: Promotion | None = None
     # Adaptive attacks as an axis: each evasion reruns every seed on its attacked data.
     attacks: list[str] = []
@@ -156,6 +160,12 @@ class ExperimentConfig(Strict):
             raise ValueError("attacks: need the bundled data (base.data.train_uri is set)")
         if b.classify.reuse_scores:
             raise ValueError("base.classify.reuse_scores: the experiment scans once, then reuses")
+        for recall, names in self.methods_at.items():
+            if recall not in self.recalls:
+                raise ValueError(f"methods_at: recall {recall} is not in recalls")
+            extra = [m for m in names if m not in self.methods]
+            if extra or not names:
+                raise ValueError(f"methods_at[{recall}]: {extra or 'empty'}; name some of methods")
         p = self.promote
         if p is not None and not {"no_defense", p.method} <= set(self.methods):
             raise ValueError(f"promote: needs methods no_defense and {p.method} (the control)")
@@ -173,12 +183,12 @@ class ExperimentConfig(Strict):
 
     def arms(self) -> list[dict[str, Any]]:
         """One ``{"seed", "recall", "method"}`` per arm, in run order: seed by seed (the
-        attacked copies after the clean seeds), recalls as given, methods as given;
-        no_defense once per seed (first recall)."""
+        attacked copies after the clean seeds), recalls as given, methods as given
+        (``methods_at`` narrows a recall); no_defense once per seed (first recall)."""
         out = []
         for seed in self.run_seeds():
             for i, recall in enumerate(self.recalls):
-                for method in self.methods:
+                for method in self.methods_at.get(recall, self.methods):
                     if method != "no_defense" or i == 0:
                         out.append({"seed": seed, "recall": recall, "method": method})
         return out
@@ -196,6 +206,12 @@ class ExperimentConfig(Strict):
         """The experiment pipeline's parameters (``pipelines/experiment.py``): the stages'
         settings resolved from ``base``, and the values the two loops vary."""
         args = self.base.pipeline_arguments()
+        if args.pop("train_backend") != "local":
+            raise OptimusError(
+                "resources.train_backend: trainjob is the defense pipeline's; the experiment "
+                "trains each arm in its own task (resources.train_processes)"
+            )
+        args.pop("trainjob_settings")
         top = max(self.recalls)
         if top < 1.0:
             # classify once per seed at the highest recall any arm uses: heal then writes

@@ -1,7 +1,10 @@
 """Healers: contextual (an aligned model writes a prosocial reply) and fixed-reply.
 
 Contextual healing keeps the dialog's context and asks an aligned model for a kind,
-non-judgemental reply to the last turn (nucleus sampling, as in the paper). Each healed
+non-judgemental reply to the last turn (nucleus sampling, as in the paper). Each record
+samples with its own seed, derived from the run's seed, its id and the attempt
+(:mod:`optimus_lib.seeds`): its healed reply does not depend on which other dialogs were
+flagged with it, or on the shard it landed in. Each healed
 reply is re-scored by the scan detector; a flagged or empty reply is retried with a new
 sample, and after ``retries`` failures the fixed neutral reply is used, so a hostile
 context can never push a toxic "healed" reply into training.
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector
+from optimus_lib.seeds import record_seeds
 
 if TYPE_CHECKING:  # torch is imported only by the code that runs a model
     from optimus_lib.models.engine import TransformersEngine
@@ -119,7 +123,7 @@ class ContextualHealer(Healer):
                 do_sample=True,
                 top_p=self.top_p,
                 temperature=self.temperature,
-                seed=self.seed + attempt,
+                seeds=record_seeds(self.seed, [samples[i] for i in pending], "heal", attempt),
             )
             replies = [_tidy(r) for r in replies]
             healed = [samples[i].with_response(r) for i, r in zip(pending, replies)]

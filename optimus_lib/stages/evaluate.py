@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -59,6 +59,11 @@ class EvaluateSettings(Strict):
     seed: int = 0
     compare_base: bool = True  # also evaluate the base model (relative gates need it)
     gates: Gates = Gates()
+    # vllm: the adapter is merged into a temporary copy of the base model, which vLLM loads
+    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    # float32 | bfloat16 | float16; auto: bfloat16 on a GPU, float32 on a CPU (transformers),
+    # the checkpoint's own dtype (vLLM)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -131,31 +136,55 @@ def verdict(
     return not reasons, reasons, checked
 
 
+def _engine(s: EvaluateSettings, adapter: Path | None, workdir: Path):
+    """The model to evaluate (base + adapter, or the base alone) in the configured engine.
+
+    vLLM loads weights from a folder, so a fine-tuned model is merged and saved first
+    (safetensors, a few seconds for small models); transformers merges in memory.
+    """
+    from optimus_lib.models.engine import (
+        TransformersEngine,
+        build_engine,
+        resolve_engine,
+        torch_dtype,
+    )
+    from optimus_lib.models.specs import load_tokenizer, pick_device
+    from optimus_lib.train.trainers import load_trained, save_merged
+
+    if resolve_engine(s.engine) == "vllm":
+        spec = s.model
+        if adapter is not None:
+            spec = str(save_merged(s.model, adapter, workdir / "merged", s.trust_remote_code))
+        return build_engine(
+            spec, "vllm", s.device, s.trust_remote_code, s.batch_size, dtype=s.dtype
+        )
+    tok = load_tokenizer(s.model, s.trust_remote_code)
+    dev = pick_device(s.device)
+    model = load_trained(s.model, adapter, dev, s.trust_remote_code, torch_dtype(s.dtype, dev))
+    return TransformersEngine(model, tok, batch_size=s.batch_size)
+
+
 def _evaluate_one(
     s: EvaluateSettings, adapter: Path | None, toxic, benign, triggered, evaluator, second=None
 ):
-    import torch
+    import tempfile
 
     from optimus_lib.evaluate.runner import evaluate_model
-    from optimus_lib.models.engine import TransformersEngine
-    from optimus_lib.models.specs import load_tokenizer
-    from optimus_lib.train.trainers import load_trained
 
-    torch.manual_seed(s.seed)  # sampled replies are reproducible for a given seed
-    tok = load_tokenizer(s.model, s.trust_remote_code)
-    model = load_trained(s.model, adapter, s.device, s.trust_remote_code)
-    engine = TransformersEngine(model, tok, batch_size=s.batch_size)
-    return evaluate_model(
-        engine,
-        toxic,
-        benign,
-        evaluator,
-        s.max_new_tokens,
-        s.similarity,
-        triggered,
-        sampling=s,
-        context_evaluator=second,
-    )
+    with tempfile.TemporaryDirectory(prefix="optimus-eval-") as tmp:
+        engine = _engine(s, adapter, Path(tmp))
+        return evaluate_model(
+            engine,
+            toxic,
+            benign,
+            evaluator,
+            s.max_new_tokens,
+            s.similarity,
+            triggered,
+            sampling=s,
+            seed=s.seed,
+            context_evaluator=second,
+        )
 
 
 def evaluate(

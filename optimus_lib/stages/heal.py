@@ -54,6 +54,9 @@ class HealSettings(Strict):
     fixed_reply: str = FIXED_REPLY
     seed: int = 0
     engine: Literal["auto", "transformers", "vllm"] = "auto"
+    # float32 | bfloat16 | float16; auto: bfloat16 on a GPU, float32 on a CPU (transformers),
+    # the checkpoint's own dtype (vLLM)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
 
@@ -92,11 +95,14 @@ def build_healer(settings: HealSettings, threshold: float):
     from optimus_lib.detect.base import DetectorOptions, build_detector
     from optimus_lib.models.engine import build_engine
 
-    engine = build_engine(h.model, h.engine, h.device, h.trust_remote_code, h.batch_size)
+    engine = build_engine(
+        h.model, h.engine, h.device, h.trust_remote_code, h.batch_size, dtype=h.dtype
+    )
     opts = DetectorOptions(
         model=h.model,
         device=h.device,
         engine=h.engine,
+        dtype=h.dtype,
         batch_size=h.batch_size,
         trust_remote_code=h.trust_remote_code,
         threshold=threshold if h.rescore_threshold is None else h.rescore_threshold,
@@ -116,14 +122,14 @@ def build_healer(settings: HealSettings, threshold: float):
     )
 
 
-def _flagged_samples(scored: Path) -> tuple[list[dict], list[Sample], list[int]]:
+def _flagged_samples(scored: Path, start: int = 0) -> tuple[list[dict], list[Sample], list[int]]:
     recs = read_jsonl(scored)
     samples, flagged_idx = [], []
     for i, r in enumerate(recs):
         if not isinstance(r.get("flagged"), bool):
             raise OptimusError(f"{scored}:{i + 1}: no boolean 'flagged' field (classify first)")
         try:
-            samples.append(parse_record(r, i))
+            samples.append(parse_record(r, start + i))
         except ValueError as exc:
             raise OptimusError(f"{scored}:{i + 1}: {exc}") from None
         if r["flagged"]:
@@ -163,17 +169,19 @@ def heal(
     sft_out: Path,
     preferences_out: Path,
     reuse: Path | None = None,
+    start: int = 0,
 ) -> HealResult:
     """Heal every flagged record; write the SFT set and the DPO preferences.
 
     ``reuse``: an earlier SFT set healed with the same settings from a superset of these
     flags (a recall sweep heals the unweakened scan once); its replies are taken instead
-    of generated again.
+    of generated again. ``start``: the index of the first record in the whole dataset
+    (a shard's offset), so records without an ``id`` keep the one they have unsharded.
     """
     from optimus_lib.distributed import is_main_process, sharded_map
     from optimus_lib.heal.healer import HealResult as Healed
 
-    recs, samples, idx = _flagged_samples(scored)
+    recs, samples, idx = _flagged_samples(scored, start)
     flagged = [samples[i] for i in idx]
     known = _reusable(reuse)
     keys = [obj_digest([s.context, s.response]) for s in flagged]
@@ -221,3 +229,25 @@ def heal(
         pairs=len(pairs),
         refusals=sum(h.refusal for h in results),
     )
+
+
+def merge_healed(
+    shards: list[tuple[Path, Path, dict[str, float]]], sft_out: Path, preferences_out: Path
+) -> HealResult:
+    """The healed shards ``(sft, preferences, their heal metrics)``, in order, as one
+    SFT set and one preference set, with the metrics summed: what an unsharded heal of
+    the whole dataset writes (every record's reply depends on that record alone)."""
+    sft = [r for path, _, _ in shards for r in read_jsonl(path)]
+    pairs = [r for _, path, _ in shards for r in read_jsonl(path)]
+    counts = ("n", "flagged", "healed", "fallbacks", "pairs", "refusals")
+    total = {k: sum(int(m.get(k, 0)) for _, _, m in shards) for k in counts}
+    # each shard's mean times its flagged count is its (whole) number of attempts
+    attempts = sum(round(m.get("mean_attempts", 0.0) * m.get("flagged", 0)) for *_, m in shards)
+    if total["n"] != len(sft) or total["pairs"] != len(pairs):
+        raise OptimusError(
+            f"heal: the shards' metrics count {total['n']} records and {total['pairs']} "
+            f"pairs, their files {len(sft)} and {len(pairs)}"
+        )
+    write_jsonl(sft_out, sft)
+    write_jsonl(preferences_out, pairs)
+    return HealResult(mean_attempts=attempts / max(1, total["flagged"]), **total)

@@ -39,6 +39,11 @@ class DPOConfig(Strict):
     adds the RPO term, ``rpo_alpha`` x the NLL of the chosen (healed) reply, to the DPO
     loss (TRL ``loss_type=["sigmoid", "sft"]``), which keeps the chosen replies likely
     while the rejected ones are pushed down; 0 is plain DPO.
+
+    ``drift_budget`` stops DPO once the policy's perplexity on a probe of kept benign
+    training dialogs (``probe_size`` of them, never trained on by DPO) exceeds
+    ``1 + drift_budget`` times the SFT model's, checked every ``drift_every`` steps
+    (:mod:`optimus_lib.train.budget`); 0 turns it off.
     """
 
     beta: float = Field(0.3, gt=0.0)
@@ -47,8 +52,31 @@ class DPOConfig(Strict):
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int = Field(0, ge=0)
     rpo_alpha: float = Field(0.0, ge=0.0)
+    drift_budget: float = Field(0.0, ge=0.0)
+    drift_every: int = Field(1, ge=1)
+    probe_size: int = Field(16, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)
     lora: LoraConfig = LoraConfig()
     gradient_checkpointing: bool = True  # as in SFTConfig
+
+
+class DistributedConfig(Strict):
+    """How a training stage runs on several processes (``processes`` > 1 or a TrainJob).
+
+    ``strategy``: ``ddp`` replicates the model and averages LoRA gradients (the default:
+    a LoRA run of a model that fits one accelerator); ``fsdp`` shards the base weights,
+    gradients and optimizer state across processes (full shard) for a base model that
+    does not fit one accelerator; ``zero3`` does the same with DeepSpeed ZeRO-3 and needs
+    ``deepspeed`` installed. The batch settings stay global: ``batch_size`` x
+    ``grad_accum`` examples per optimizer step on any number of processes.
+
+    ``process_group_timeout_s`` bounds how long a rank waits in a collective for the
+    others (a rank that died or hangs then fails the job instead of blocking it forever);
+    ``launch_timeout_s`` bounds the whole multi-process run, measured by the launcher.
+    """
+
+    strategy: Literal["ddp", "fsdp", "zero3"] = "ddp"
+    process_group_timeout_s: int = Field(1800, ge=10)
+    launch_timeout_s: int = Field(24 * 3600, ge=10)

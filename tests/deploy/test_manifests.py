@@ -144,7 +144,7 @@ def test_objects_match_the_pipeline(overlay):
     objs = build(overlay)
     spec, platform = pipeline()
     gpu = pipeline_spec.gpu_tasks(spec, platform)
-    assert {t.task for t in gpu} == {"classify", "heal", "dpo-train", "evaluate"}
+    assert {t.task for t in gpu} == {"classify", "merge-scored", "heal", "dpo-train", "evaluate"}
     sa = one(objs, "ServiceAccount", cluster.SERVICE_ACCOUNT)
     gsa = sa["metadata"]["annotations"][cluster.WI_ANNOTATION]
     assert cluster.GSA_EMAIL.match(gsa), gsa

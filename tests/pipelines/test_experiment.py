@@ -386,6 +386,13 @@ def test_arms_and_pipeline_arguments(tiny_model_dir):
     assert args["evaluate_settings"]["compare_base"] is False
     assert "promote" not in args["comparison_settings"]
     assert "target_recall" not in args["classify_settings"]  # an arm at recall 1.0
+    # the paper's table: every baseline at the weakest recall, filter and optimus elsewhere
+    narrow = _exp(
+        tiny_model_dir, recalls=[0.15, 1.0], methods=methods, methods_at={1.0: ["optimus"]}
+    )
+    assert [(a["recall"], a["method"]) for a in narrow.arms()] == [
+        (0.15, "no_defense"), (0.15, "filter"), (0.15, "optimus"), (1.0, "optimus"),
+    ]  # fmt: skip
 
 
 def test_bad_experiment_config(tmp_path):
@@ -407,6 +414,8 @@ def test_bad_experiment_config(tmp_path):
         ("methods: [optimus]\npromote: {method: optimus}\n", "promote"),
         ("promote: {method: no_defense}\n", "promote.method"),
         ("promote: {gates: {max_rtr_ratio: -1}}\n", "max_rtr_ratio"),
+        ("recalls: [0.15]\nmethods_at: {0.5: [optimus]}\n", "not in recalls"),
+        ("recalls: [0.15]\nmethods: [optimus]\nmethods_at: {0.15: [filter]}\n", "filter"),
     ):
         p.write_text(text)
         with pytest.raises(OptimusError, match=match) as exc:

@@ -191,6 +191,17 @@ def test_train_optimus_then_resume_by_content_key(healed, tiny_model_dir, tmp_pa
     assert changed.key != res.key and len(list((tmp_path / "ckpt").iterdir())) == 2
 
 
+def test_train_drift_budget_probes_kept_dialogs(healed, tiny_model_dir, tmp_path):
+    """The stage picks the probe from heal's SFT set (kept, never healed) and reports what
+    the budget measured in the task's metrics."""
+    s = _train_settings(tiny_model_dir, tmp_path / "ckpt")
+    s = s.model_copy(update={"dpo": s.dpo.model_copy(update={"drift_budget": 100.0})})
+    res = T.train(s, healed / "sft.jsonl", tmp_path / "adapter", healed / "prefs.jsonl")
+    m = res.as_metrics()
+    assert m["dpo_probe_reference_ppl"] > 1.0 and m["dpo_stopped_by_drift"] == 0.0
+    assert abs(m["dpo_probe_drift_last"]) < 100.0
+
+
 @pytest.mark.parametrize("method", ["no_defense", "filter", "no_dpo", "star_dss"])
 def test_train_baseline_methods(bench, healed, tiny_model_dir, tmp_path, method):
     d, _, cls = bench

@@ -154,3 +154,28 @@ def test_batches_sorted_and_capped():
 def test_perplexity():
     assert perplexity([(2.0, 1), (4.0, 3)]) == pytest.approx(math.exp(6.0 / 4))
     assert math.isnan(perplexity([]))
+
+
+def test_sampling_depends_only_on_prompt_and_seed(tiny_engine):
+    """A sampled reply is a function of its prompt and its seed: the same in a batch of
+    three, alone, and in another order (what sharded runs rely on)."""
+    prompts = [_ids(tiny_engine, t) for t in PROMPTS_TEXT[:3]]
+    kw = {"max_new_tokens": 8, "do_sample": True, "top_p": 0.9, "temperature": 1.0}
+    batched = tiny_engine.generate(prompts, seeds=[11, 22, 33], **kw)
+    alone = [tiny_engine.generate([p], seeds=[s], **kw)[0] for p, s in zip(prompts, [11, 22, 33])]
+    reordered = tiny_engine.generate(prompts[::-1], seeds=[33, 22, 11], **kw)[::-1]
+    assert batched == alone == reordered
+    other = tiny_engine.generate(prompts, seeds=[12, 23, 34], **kw)
+    assert other != batched  # a random tiny model: another seed gives other tokens
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        tiny_engine.generate(prompts, seeds=[1, 2], **kw)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    from optimus_lib.models.engine import _nucleus
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = _nucleus(logits, top_p=0.7, temperature=1.0)
+    assert kept[0].nonzero().flatten().tolist() == [0, 1]
+    assert _nucleus(logits, top_p=0.01, temperature=1.0)[0].nonzero().flatten().tolist() == [0]
+    assert torch.allclose(_nucleus(logits, 1.0, 1.0), torch.softmax(logits, -1))

@@ -71,7 +71,9 @@ def test_contextual_healer_retries_then_falls_back():
     assert all(r.generator == "stub-model" for r in res)
     # only pending samples are regenerated, with fresh seeds and nucleus sampling
     assert [len(c["prompts"]) for c in engine.calls] == [3, 2, 1]
-    assert [c["seed"] for c in engine.calls] == [11, 12, 13]
+    # each retry draws new per-record seeds: no seed repeats across calls
+    seeds = [x for c in engine.calls for x in c["seeds"]]
+    assert [len(c["seeds"]) for c in engine.calls] == [3, 2, 1] and len(set(seeds)) == 6
     assert all(c["do_sample"] and c["top_p"] == 0.95 for c in engine.calls)
     # the healed reply was re-scored in its original context
     rescored = det.calls[0]
@@ -161,3 +163,24 @@ def test_oracle_rescoring_error_names_the_fix():
 
     with pytest.raises(OptimusError, match="rescore_detector"):
         OracleDetector().score([Sample(context=["a"], response="b")])
+
+
+def test_healed_reply_depends_only_on_its_record(tiny_engine):
+    """Per-record seeds: a dialog healed among others, alone, or after a re-ordering gets
+    the same reply (sweeps with other arms and sharded runs agree record by record)."""
+    healer = ContextualHealer(tiny_engine, None, FALLBACK, "tiny", max_new_tokens=6, seed=5)
+    samples = _samples()
+    together = [r.reply for r in healer.heal(samples)]
+    alone = healer.heal([samples[1]])[0].reply
+    reordered = [r.reply for r in healer.heal(samples[::-1])][::-1]
+    assert together[1] == alone
+    assert together == reordered
+    other_seed = ContextualHealer(tiny_engine, None, FALLBACK, "tiny", max_new_tokens=6, seed=6)
+    assert [r.reply for r in other_seed.heal(samples)] != together
+
+
+def test_healer_passes_one_seed_per_pending_record():
+    engine = ScriptedEngine([["fine", "ok", "sure"]])
+    ContextualHealer(engine, None, FALLBACK, "scripted", retries=0, seed=1).heal(_samples())
+    seeds = engine.calls[0]["seeds"]
+    assert len(seeds) == 3 and len(set(seeds)) == 3

@@ -224,3 +224,89 @@ def test_dpo_cap_and_rpo_reach_the_trainer(trained, tiny_tokenizer, tmp_path, mo
     log = json.loads((tmp_path / "dpo" / "train_log.json").read_text())
     assert log[-1]["step"] == 3
     assert seen == {"loss_types": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
+
+
+# ---- the DPO drift budget ---------------------------------------------------------------
+PROBE = [
+    Sample(context=["how was your weekend?"], response="Lovely, we went hiking.", id="p1"),
+    Sample(context=["any plans tonight?"], response="Just a quiet dinner at home.", id="p2"),
+]
+
+
+def _budget_cfg(**kw) -> DPOConfig:
+    lora = LoraConfig(r=8, alpha=16, dropout=0.0)
+    base = {"beta": 0.3, "learning_rate": 5e-3, "epochs": 2, "batch_size": 1, "max_length": 64}
+    return DPOConfig(**base, lora=lora, **kw)  # 8 steps on the 4 pairs
+
+
+def test_probe_records_are_kept_dialogs_least_toxic_first():
+    from optimus_lib.train.budget import probe_records
+
+    def s(i, flagged, healed=False, score=None):
+        rec = {
+            "flagged": flagged,
+            "healed": healed,
+            **({"score": score} if score is not None else {}),
+        }
+        return Sample(["hi"], f"r{i}", id=str(i), record=rec)
+
+    pool = [s(0, True, score=0.9), s(1, False, score=0.4), s(2, False, True, 0.0),
+            s(3, False, score=0.1), s(4, False), s(5, False, score=0.3)]  # fmt: skip
+    assert [x.id for x in probe_records(pool, 3)] == ["3", "5", "1"]
+    assert [x.id for x in probe_records(pool, 10)] == ["3", "5", "1", "4"]
+
+
+def test_probe_perplexity_matches_the_engine(trained, tiny_tokenizer):
+    from optimus_lib.models.engine import TransformersEngine, perplexity
+    from optimus_lib.train.budget import probe_batch, probe_perplexity
+
+    model = load_trained(trained["base"], trained["sft"], "cpu")
+    batch = probe_batch(build_sft_records(PROBE, tiny_tokenizer), tiny_tokenizer, 64)
+    eng = TransformersEngine(model, tiny_tokenizer)
+    prompts = [eng.chat_ids(p.prompt_messages()) for p in PROBE]
+    full = [eng.chat_ids(p.messages(), add_generation_prompt=False) for p in PROBE]
+    nll = eng.completion_nll(prompts, [f[len(p) :] for p, f in zip(prompts, full)])
+    assert probe_perplexity(model, batch) == pytest.approx(perplexity(nll), rel=1e-4)
+
+
+def test_drift_budget_stops_dpo_at_the_first_step_over_budget(
+    trained, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """Real DPO; the probe's perplexities are scripted (10 at the reference, then +5 %
+    a step), so a 12 % budget must stop training at step 3 with drift 0.15."""
+    from optimus_lib.train import budget
+
+    script = iter([10.0, 10.5, 11.0, 11.5, 12.0, 12.5, 13.0, 13.5, 14.0])
+    monkeypatch.setattr(budget, "probe_perplexity", lambda model, batch: next(script))
+    pairs = build_dpo_pairs(_flagged(), [CHOSEN] * 4, tiny_tokenizer)
+    run = StageRun(trained["base"], tmp_path / "dpo", progress=False)
+    probe = build_sft_records(PROBE, tiny_tokenizer)
+    train_dpo(run, trained["sft"], pairs, _budget_cfg(drift_budget=0.12), probe)
+    log = json.loads((tmp_path / "dpo" / "train_log.json").read_text())
+    seen = json.loads((tmp_path / "dpo" / "probe.json").read_text())
+    assert max(h.get("step", 0) for h in log) == 3
+    assert seen["reference"] == 10.0 and seen["stopped_at_step"] == 3
+    assert seen["drift_last"] == pytest.approx(0.15)
+    assert (tmp_path / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
+    m = budget.drift_metrics(tmp_path / "dpo" / "probe.json")
+    assert m["dpo_stopped_by_drift"] == 1.0 and m["dpo_stopped_at_step"] == 3.0
+
+
+def test_drift_budget_measures_every_step_and_lets_a_calm_run_finish(
+    trained, tiny_tokenizer, tmp_path
+):
+    """A budget far above the drift: all 8 steps run, each is measured, and the reference
+    is the SFT model's own probe perplexity."""
+    from optimus_lib.train.budget import probe_batch, probe_perplexity
+
+    pairs = build_dpo_pairs(_flagged(), [CHOSEN] * 4, tiny_tokenizer)
+    probe = build_sft_records(PROBE, tiny_tokenizer)
+    run = StageRun(trained["base"], tmp_path / "dpo", progress=False)
+    train_dpo(run, trained["sft"], pairs, _budget_cfg(drift_budget=100.0, drift_every=2), probe)
+    seen = json.loads((tmp_path / "dpo" / "probe.json").read_text())
+    assert [h["step"] for h in seen["history"]] == [2, 4, 6, 8]
+    assert "stopped_at_step" not in seen
+    sft = load_trained(trained["base"], trained["sft"], "cpu")
+    ref = probe_perplexity(sft, probe_batch(probe, tiny_tokenizer, 64))
+    assert seen["reference"] == pytest.approx(ref, rel=1e-4)
+    assert seen["history"][-1]["perplexity"] != pytest.approx(ref, rel=1e-6)  # it trained
