@@ -243,6 +243,22 @@ def _failure(client, name: str, s: TrainJobSettings, work: Path, what: str) -> O
     return OptimusError("; ".join(parts))
 
 
+def on_volume(settings: Any, job: TrainJobSettings) -> Any:
+    """The training settings with their checkpoints on the shared volume."""
+    return settings.model_copy(update={"checkpoint_root": f"{job.mount_path}/checkpoints"})
+
+
+def run_key(settings: Any, job: TrainJobSettings, sft_data: Path, preferences: Path | None) -> str:
+    """The content key of the run a TrainJob does (its name and work folder): the key of
+    its checkpoints, for the job's number of ranks."""
+    from optimus_lib.stages import file_digest
+    from optimus_lib.stages.train import USES_DPO, checkpoint_key
+
+    uses_prefs = settings.method in USES_DPO and preferences is not None
+    inputs = [file_digest(sft_data), file_digest(preferences) if uses_prefs else None]
+    return checkpoint_key(on_volume(settings, job), inputs, job.world())
+
+
 def run_trainjob(
     settings: Any,
     job: TrainJobSettings,
@@ -255,9 +271,8 @@ def run_trainjob(
     """Train on a TrainJob and copy its adapter to ``adapter_out``; returns rank 0's
     :class:`~optimus_lib.stages.train.TrainResult`. ``settings`` is the stage's
     ``TrainSettings``; its ``checkpoint_root`` is put on the shared volume."""
-    from optimus_lib.stages import file_digest
     from optimus_lib.stages.launch import rank_args, result_from_json
-    from optimus_lib.stages.train import USES_DPO, checkpoint_key
+    from optimus_lib.stages.train import USES_DPO
     from optimus_lib.train.trainers import split_batch
 
     if not job.image:
@@ -266,10 +281,9 @@ def run_trainjob(
     for stage, cfg in (("sft", settings.sft), ("dpo", settings.dpo)):
         split_batch(cfg.batch_size, cfg.grad_accum, world, stage)  # before creating anything
     root = Path(job.mount_path)
-    settings = settings.model_copy(update={"checkpoint_root": str(root / "checkpoints")})
+    settings = on_volume(settings, job)
     uses_prefs = settings.method in USES_DPO and preferences is not None
-    inputs = [file_digest(sft_data), file_digest(preferences) if uses_prefs else None]
-    key = checkpoint_key(settings, inputs, world)
+    key = run_key(settings, job, sft_data, preferences)
     name = job_name(key)
     work = root / "trainjobs" / key
     (work / "inputs").mkdir(parents=True, exist_ok=True)
@@ -379,3 +393,97 @@ def _copy_adapter(adapter: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
+
+
+def _local_rank(args):  # runs in the local backend's venv: its source is the job's script
+    import sys
+
+    sys.path[:0] = args["front"]  # this checkout of optimus_lib
+    sys.path.extend(args["back"])  # the packages torch does not bring (transformers, ...)
+    from optimus_lib.stages.launch import main
+
+    code = main(args["argv"])
+    if code:
+        raise SystemExit(code)
+
+
+def run_local_trainjob(
+    settings: Any,
+    sft_data: Path,
+    adapter_out: Path,
+    preferences: Path | None = None,
+    processes: int = 2,
+    packages: tuple[str, ...] = ("torch",),
+    index_urls: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: int = 1800,
+    echo: Callable[[str], None] = print,
+):
+    """The training stage as a TrainJob on the Kubeflow SDK's local-process backend: the
+    SDK makes a fresh venv, pip-installs ``packages`` (pin torch to the build this machine
+    has, e.g. ``torch==2.13.0``, and give ``index_urls``: a bare ``torch`` from the public
+    index is the CUDA build), and runs the same rank entry point under its ``torchrun``
+    with ``processes`` ranks (``PET_NPROC_PER_NODE``: this backend ignores ``num_nodes``
+    and ``resources_per_node``). The rest of the library's dependencies come from this
+    interpreter's site-packages. A way to try the TrainJob path without a cluster, and
+    what the launch-overhead figure measures; returns rank 0's result.
+
+    The backend's job sees only ``env`` (plus what is set here) as its environment, and
+    its ``wait_for_job_status`` does not stop on a failed job, so this polls the status.
+    """
+    import site
+    import sys
+    import tempfile
+
+    try:
+        from kubeflow.trainer import CustomTrainer, LocalProcessBackendConfig, TrainerClient
+    except ImportError:
+        raise OptimusError(
+            "the local TrainJob backend needs the Kubeflow SDK: pip install "
+            "'optimus-defense[trainjob]'"
+        ) from None
+    import optimus_lib
+    from optimus_lib.stages.launch import _first_error, rank_args, result_from_json
+
+    work = Path(tempfile.mkdtemp(prefix="optimus-localjob-"))
+    result = work / "result.json"
+    args = rank_args(
+        settings.model_dump_json(), sft_data, adapter_out, preferences, result, work / "errors"
+    )
+    front = [str(Path(optimus_lib.__file__).resolve().parents[1])]
+    back = [*site.getsitepackages(), site.getusersitepackages()]
+    job_env = {
+        "PET_NPROC_PER_NODE": str(processes),
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        **(env or {}),
+    }
+    client = TrainerClient(LocalProcessBackendConfig(cleanup_venv=True))
+    trainer = CustomTrainer(
+        func=_local_rank,
+        func_args={"front": front, "back": back, "argv": args},
+        packages_to_install=list(packages),
+        env=job_env,
+        **({"pip_index_urls": index_urls} if index_urls else {}),
+    )
+    name = client.train(runtime=DEFAULT_RUNTIME, trainer=trainer)
+    deadline = time.monotonic() + timeout_s
+    while (state := client.get_job(name).status) not in ("Complete", "Failed"):
+        if time.monotonic() > deadline:
+            client.delete_job(name)
+            raise OptimusError(f"local TrainJob {name} did not finish within {timeout_s} s")
+        time.sleep(1)
+    lines = [ln.rstrip() for ln in _lines(client.get_job_logs(name)) if ln.strip()]
+    for line in lines:
+        echo(line)
+    try:
+        if state == "Failed" or not result.is_file():
+            reason = _first_error(work / "errors") if (work / "errors").is_dir() else None
+            tail = " | ".join(lines[-5:])
+            raise OptimusError(
+                f"local TrainJob {name} failed"
+                + (f"; {reason}" if reason else "")
+                + (f"; last log lines: {tail}" if tail else "")
+            )
+        return result_from_json(json.loads(result.read_text(encoding="utf-8")))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

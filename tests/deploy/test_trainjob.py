@@ -385,3 +385,88 @@ def test_trainjob_settings_refuse_pet_env_and_an_unsplittable_batch(tmp_path):
     s = base.model_copy(update={"sft": base.sft.model_copy(update={"batch_size": 3})})
     with pytest.raises(OptimusError, match=r"train.sft: the global batch .* over 2 processes"):
         run_trainjob(s, _job(tmp_path), sft, tmp_path / "a", prefs, client=object())
+
+
+@pytest.mark.slow  # a fresh venv with torch (~1 min) and 2 ranks training (~40 s)
+def test_local_process_backend_runs_the_training_stage_on_two_ranks(tmp_path, tiny_model_dir):
+    """The SDK's LocalProcessBackend: a fresh venv, torch pinned to this machine's CPU
+    build, the rank entry point under its torchrun with 2 gloo ranks."""
+    from safetensors.torch import load_file
+
+    from optimus_lib.stages.trainjob import run_local_trainjob
+
+    sft, prefs = _data(tmp_path)
+    s = _settings(str(tiny_model_dir)).model_copy(
+        update={"checkpoint_root": str(tmp_path / "ckpt")}
+    )
+    keep = ("PIP_FIND_LINKS", "PIP_CERT", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL",
+            "PIP_CONSTRAINT", "PIP_DEFAULT_TIMEOUT", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
+            "HF_DATASETS_OFFLINE", "TOKENIZERS_PARALLELISM", "OPTIMUS_CACHE")  # fmt: skip
+    env = {k: os.environ[k] for k in keep if k in os.environ}
+    env.update(HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    lines: list[str] = []
+    result = run_local_trainjob(
+        s, sft, tmp_path / "adapter", prefs, processes=2, packages=("torch==2.13.0",),
+        env=env, echo=lines.append,
+    )  # fmt: skip
+    assert result.metrics["train_processes"] == 2
+    assert result.metrics["sft_per_device_batch"] == 1 and result.metrics["sft_global_batch"] == 2
+    weights = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().sum() > 0 for k, v in weights.items())
+
+
+def test_a_retry_replaces_the_failed_job_and_reuses_its_name(tmp_path):
+    """The job of an earlier attempt failed: the retry deletes it and creates it again
+    under the same name (the ranks resume from the checkpoints on the volume). This
+    stand-in finishes the new job at once, writing what rank 0 writes."""
+    from optimus_lib.stages.launch import result_to_json
+    from optimus_lib.stages.train import TrainResult
+    from optimus_lib.stages.trainjob import job_name, run_key
+
+    class Retry(Trainer):
+        def __init__(self) -> None:
+            super().__init__(run=False)
+            self.failed: set[str] = set()
+
+        def state(self, name: str) -> str:
+            return "Failed" if name in self.failed else "Complete"
+
+        def create(self, req):
+            status, job = super().create(req)
+            args = req.body["spec"]["trainer"]["args"]
+            adapter = Path(args[args.index("--adapter-out") + 1])
+            adapter.mkdir(parents=True)
+            (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+            res = TrainResult(adapter, "optimus", 4, 4, "k", {"train_processes": 2.0}, {})
+            result = Path(args[args.index("--result") + 1])
+            result.write_text(json.dumps(result_to_json(res)))
+            return status, job
+
+    retry = Retry()
+    settings, job = _settings(str(tmp_path)), _job(tmp_path)
+    sft, prefs = _data(tmp_path)
+    name = job_name(run_key(settings, job, sft, prefs))
+    # the first attempt's job, as the cluster still has it: Failed
+    retry.jobs[name] = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob",
+        "metadata": {"name": name, "namespace": NS, "creationTimestamp": "2026-12-03T09:00:00Z"},
+        "spec": {"runtimeRef": {"name": "torch-distributed", "kind": "ClusterTrainingRuntime"},
+                 "trainer": {"numNodes": 1}},
+    }  # fmt: skip
+    retry.failed.add(name)
+    original_delete = retry.delete
+
+    def delete(req):
+        retry.failed.discard(name)
+        return original_delete(req)
+
+    retry.delete = delete
+    lines: list[str] = []
+    result = _run(tmp_path, retry, settings, job, lines)
+    methods = [(r.method, r.path.rsplit("/", 1)[-1]) for r in retry.requests]
+    assert ("DELETE", name) in methods
+    assert methods.index(("DELETE", name)) < methods.index(("POST", "trainjobs"))
+    assert [b["metadata"]["name"] for b in retry.bodies] == [name]
+    assert any("failed earlier; replacing it" in ln for ln in lines)
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert result.metadata["trainjob"] == name

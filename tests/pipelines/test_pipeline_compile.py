@@ -501,3 +501,23 @@ def test_training_backend_is_a_parameter_and_trainjob_is_a_light_controller(defe
     assert "nodeSelector" not in k8s["exec-train-job"]  # it runs anywhere
     evaluate = tasks["evaluate"]["inputs"]["artifacts"]["adapter"]
     assert "oneof" in json.dumps(evaluate)
+
+
+def test_trainjob_settings_come_from_the_gpu_placement():
+    from optimus_lib.config import PipelineSettings
+    from optimus_lib.errors import OptimusError
+    from optimus_lib.experiment import ExperimentConfig
+
+    res = {"train_accelerator_count": 8, "train_backend": "trainjob",
+           "node_selector": {"pool": "h100"}, "trainjob": {"num_nodes": 4}}  # fmt: skip
+    args = PipelineSettings.model_validate({"resources": res}).pipeline_arguments()
+    assert args["train_backend"] == "trainjob"
+    job = args["trainjob_settings"]
+    assert job["num_nodes"] == 4 and job["accelerators_per_node"] == 8
+    assert job["node_selector"] == {"pool": "h100"}
+    with pytest.raises(OptimusError, match="TrainJobSettings: num_nodes"):
+        bad = {**res, "trainjob": {"num_nodes": 0}}
+        PipelineSettings.model_validate({"resources": bad}).pipeline_arguments()
+    exp = ExperimentConfig.model_validate({"base": {"resources": res}})
+    with pytest.raises(OptimusError, match="trainjob is the defense pipeline's"):
+        exp.pipeline_arguments()
