@@ -223,3 +223,55 @@ def test_split_and_merge_refuse_bad_input(tmp_path):
         in_order([parts[0], parts[0]])
     with pytest.raises(OptimusError, match="no 'shard'"):
         in_order([(Path("a"), {})])
+
+
+@pytest.mark.slow
+def test_curation_in_a_seeds_loop_gets_each_seed(tmp_path):
+    """The experiment's shape: the curation sub-pipeline (with its two shard loops) called
+    from a loop over seeds. A loop nested directly in the seeds loop would see the shard
+    index as the seed under kfp.local 2.17; through the sub-pipeline each seed's data,
+    scan and heal are its own."""
+    from kfp import dsl, local
+
+    from components.experiment.seed_bank.component import seed_bank
+    from optimus_lib.data.io import read_jsonl
+    from pipelines.shared import build_curation
+
+    curation = build_curation(cluster=False)
+
+    @dsl.pipeline(name="seeds-of-shards")
+    def seeds_of_shards(seeds: list = [3, 4]) -> dsl.Dataset:  # noqa: B006
+        with dsl.ParallelFor(seeds, parallelism=1) as seed:
+            task = curation(
+                data_settings={"n_train": 8, "n_eval_toxic": 2, "n_eval_benign": 2},
+                classify_settings={"detector": "wordlist"},
+                heal_settings={"mode": "fixed"},
+                seed=seed,
+                shards=2,
+                accelerator_type="",
+                accelerator_count=0,
+                gpu_node_selector={},
+                gpu_tolerations=[],
+                cache_pvc="",
+                cache_dir="",
+                hf_token_secret="",
+            )
+        return seed_bank(
+            train=dsl.Collected(task.outputs["train"]),
+            eval_toxic=dsl.Collected(task.outputs["eval_toxic"]),
+            eval_benign=dsl.Collected(task.outputs["eval_benign"]),
+            scored=dsl.Collected(task.outputs["scored"]),
+            sft_data=dsl.Collected(task.outputs["sft_data"]),
+            preferences=dsl.Collected(task.outputs["preferences"]),
+        ).outputs["bank"]
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path))
+    bank = Path(seeds_of_shards().output.path)
+    trains = {}
+    for seed in (3, 4):
+        train = read_jsonl(bank / f"seed{seed}" / "train.jsonl")
+        scored = read_jsonl(bank / f"seed{seed}" / "scored.jsonl")
+        sft = read_jsonl(bank / f"seed{seed}" / "sft.jsonl")
+        assert [r["id"] for r in scored] == [r["id"] for r in train] == [r["id"] for r in sft]
+        trains[seed] = [r["id"] for r in train]
+    assert trains[3] != trains[4]  # each seed drew its own data
