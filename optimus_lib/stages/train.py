@@ -30,6 +30,7 @@ from pydantic import Field
 from optimus_lib import __version__
 from optimus_lib.data.io import read_jsonl, read_samples
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 from optimus_lib.train.config import DistributedConfig, DPOConfig, SFTConfig
@@ -189,6 +190,7 @@ model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")
     )
 
 
+@staged("train")
 def train(
     settings: TrainSettings,
     sft_data: Path,

@@ -319,7 +319,10 @@ def fit(trainer, run: StageRun, card: dict[str, Any]) -> Path:
     """Train (resuming from the newest checkpoint in ``run.out``), then save the adapter
     atomically (every process joins the save), drop the checkpoints and write a small
     model card; returns the adapter folder. The one ending of every training stage."""
+    from optimus_lib.progress import trainer_callback
+
     out = run.out
+    trainer.add_callback(trainer_callback(f"{card['stage']} steps"))
     trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     final = out / "adapter"
     tmp = out / "adapter.tmp"

@@ -63,7 +63,9 @@ def test_healthy_cluster_passes_every_check(tmp_path, pinned):
     assert "namespace kubeflow exists" in text
     assert "optimus-pipelines@optimus-prod-4821.iam.gserviceaccount.com" in text
     assert "PVC optimus-cache is Bound" in text
-    assert "classify, dpo-train, evaluate, heal, merge-scored" in text  # the GPU tasks
+    (gpu,) = [ln for ln in lines if "GPU tasks" in ln]
+    names = gpu.split("GPU tasks ")[1].split(":")[0].split(", ")
+    assert sorted(names) == ["classify", "dpo-train", "evaluate", "heal", "merge-scored"]
     assert "all 2 images pinned by digest" in text
     paths = {r.path for r in requests}
     assert "/api/v1/namespaces/kubeflow/serviceaccounts/pipeline-runner" in paths

@@ -179,3 +179,49 @@ def test_nucleus_keeps_the_smallest_set_reaching_top_p():
     assert kept[0].nonzero().flatten().tolist() == [0, 1]
     assert _nucleus(logits, top_p=0.01, temperature=1.0)[0].nonzero().flatten().tolist() == [0]
     assert torch.allclose(_nucleus(logits, 1.0, 1.0), torch.softmax(logits, -1))
+
+
+def test_repeated_prompts_share_one_prefill_and_sample_as_alone(tiny_engine, monkeypatch):
+    """Several replies per context: the prefill runs once per distinct prompt, and each
+    reply is still the one its prompt and seed give alone."""
+    prompts = [_ids(tiny_engine, t) for t in PROMPTS_TEXT[:2]]
+    kw = {"max_new_tokens": 6, "do_sample": True, "top_p": 0.9, "temperature": 1.0}
+    rows = [prompts[0]] * 3 + [prompts[1]] * 2
+    seeds = [1, 2, 3, 4, 5]
+    alone = [tiny_engine.generate([p], seeds=[s], **kw)[0] for p, s in zip(rows, seeds)]
+    widths = []
+    forward = tiny_engine.model.forward
+
+    def spy(*a, **k):
+        widths.append(k["input_ids"].shape)
+        return forward(*a, **k)
+
+    monkeypatch.setattr(tiny_engine.model, "forward", spy)
+    assert tiny_engine.generate(rows, seeds=seeds, **kw) == alone
+    assert widths[0][0] == 2  # the prefill: two distinct prompts, not five rows
+    assert len(set(alone[:3])) > 1  # the copies did sample differently
+
+
+def test_nucleus_topk_equals_the_full_sort():
+    from optimus_lib.models import engine as E
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 5000, generator=g) * 3
+    for top_p in (0.5, 0.9, 0.999):
+        fast = E._nucleus(logits, top_p, 0.8)
+        E._NUCLEUS_TOPK, keep = 5000, E._NUCLEUS_TOPK
+        try:
+            full = E._nucleus(logits, top_p, 0.8)
+        finally:
+            E._NUCLEUS_TOPK = keep
+        assert torch.equal(fast > 0, full > 0)
+        torch.testing.assert_close(fast, full)
+
+
+def test_sampling_draws_inside_the_nucleus(tiny_engine):
+    """A nucleus of one token is greedy decoding, whatever the seed."""
+    prompts = [_ids(tiny_engine, t) for t in PROMPTS_TEXT[:3]]
+    greedy = tiny_engine.generate(prompts, max_new_tokens=6)
+    for seeds in ([1, 2, 3], [7, 8, 9]):
+        kw = {"max_new_tokens": 6, "do_sample": True, "top_p": 1e-6, "temperature": 1.0}
+        assert tiny_engine.generate(prompts, seeds=seeds, **kw) == greedy

@@ -188,3 +188,28 @@ def test_padding_does_not_dilute_the_stack_on_the_dev_set():
     prefixed = [s.with_response(apply_jailbreak(s.response, "friendly_prefix")) for s in dev]
     q = classification_metrics(labels, whole.score(prefixed), 0.5)
     assert q is not None and q["recall"] < plain["recall"] - 0.05  # the test can fail
+
+
+def test_the_contextual_evaluator_is_fitted_apart_and_sees_agreement_on_unseen_dialogs():
+    """``contextual`` (evaluate's second RTR) is the stack fitted on the *test* set
+    without the word features; on the dev set, which it never saw, it catches agreement
+    with a toxic turn, which the reply-only ``lexical`` evaluator cannot."""
+    from optimus_lib.detect.contextual import ContextualEvaluator
+    from optimus_lib.detect.contextual import params_path as ctx_path
+
+    raw = json.loads(ctx_path().read_text())
+    assert raw["meta"]["trained_on"].endswith("test.jsonl")
+    assert raw["meta"]["dropped_features"] == ["lexical", "wordlist"]
+    assert raw["stack"]["coef"][:2] == [0.0, 0.0]
+    ours = load_params()
+    assert raw["text_head"]["coef"] != ours.text_head.to_json()["coef"]
+    ev = build_detector("contextual")
+    assert isinstance(ev, ContextualEvaluator) and ev.window_words is not None
+    dev = read_samples(DATA / "dev.jsonl")
+    scores = ev.score(dev)
+    q = classification_metrics([s.label for s in dev], scores, 0.5)
+    assert q is not None and q["auc"] >= 0.85 and q["fpr"] <= 0.2, q
+    agree = [i for i, s in enumerate(dev) if s.category == "toxicity_agreement"]
+    lexical = build_detector("lexical").score([dev[i] for i in agree])
+    assert np.mean([scores[i] >= 0.5 for i in agree]) >= 0.6
+    assert np.mean([v >= 0.5 for v in lexical]) <= 0.1

@@ -8,15 +8,16 @@ spends minutes compiling at each start on a CPU; a 1 GiB KV cache for the 135M m
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import pytest
 
-os.environ.setdefault("OPTIMUS_VLLM_ARGS", '{"enforce_eager": true}')
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+from optimus_lib.models.engine import vllm_installed
 
-HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+HAVE_VLLM = vllm_installed()
+if HAVE_VLLM:
+    os.environ.setdefault("OPTIMUS_VLLM_ARGS", '{"enforce_eager": true}')
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
