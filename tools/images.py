@@ -98,7 +98,8 @@ SMOKE = {
         [
             'python -c "import optimus_lib, torch, transformers, trl, peft, accelerate; '
             "from optimus_lib.models.specs import bundled_path; p = bundled_path(); "
-            "assert str(p).startswith('/opt/optimus/') and (p / 'model.safetensors').is_file(), p; "
+            "assert str(p).startswith('/opt/optimus/'), p; "
+            "(p / 'model.safetensors').open('rb').read(8); "  # readable by the task's user
             'print(optimus_lib.__version__, torch.__version__)"',
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
@@ -112,7 +113,7 @@ SMOKE = {
         [
             'python -c "import optimus_lib, torch, vllm; '
             "from optimus_lib.models.specs import bundled_path; "
-            "assert (bundled_path() / 'model.safetensors').is_file(); "
+            "(bundled_path() / 'model.safetensors').open('rb').read(8); "
             'print(optimus_lib.__version__, torch.__version__, vllm.__version__)"',
             'if [ "$OPTIMUS_VLLM_VARIANT" = cpu ]; then '
             "VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 python -c '"
