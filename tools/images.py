@@ -98,7 +98,8 @@ SMOKE = {
         [
             'python -c "import optimus_lib, torch, transformers, trl, peft, accelerate; '
             "from optimus_lib.models.specs import bundled_path; p = bundled_path(); "
-            "assert str(p).startswith('/opt/optimus/') and (p / 'model.safetensors').is_file(), p; "
+            "assert str(p).startswith('/opt/optimus/'), p; "
+            "(p / 'model.safetensors').open('rb').read(8); "  # readable by the task's user
             'print(optimus_lib.__version__, torch.__version__)"',
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
@@ -112,7 +113,7 @@ SMOKE = {
         [
             'python -c "import optimus_lib, torch, vllm; '
             "from optimus_lib.models.specs import bundled_path; "
-            "assert (bundled_path() / 'model.safetensors').is_file(); "
+            "(bundled_path() / 'model.safetensors').open('rb').read(8); "
             'print(optimus_lib.__version__, torch.__version__, vllm.__version__)"',
             'if [ "$OPTIMUS_VLLM_VARIANT" = cpu ]; then '
             "VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 python -c '"
@@ -133,6 +134,9 @@ SMOKE = {
     ),
 }
 VLLM_VARIANTS = ("cpu", "cuda")
+# vLLM's CPU workers share tensors through /dev/shm (docker's default 64 MB is too small;
+# on a cluster, mount an emptyDir with medium Memory there).
+SMOKE_SHM = {"vllm": "1g"}
 
 
 class ImageError(Exception):
@@ -203,10 +207,13 @@ class Engine:
             cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(context)]
         run(self.base_cmd + cmd)
 
-    def run_in(self, image: str, shell: str) -> None:
+    def run_in(self, image: str, shell: str, shm_size: str = "") -> None:
         """``sh -c shell`` in a fresh container of ``image`` (network off with docker)."""
         if self.name == "docker":
-            run(self.base_cmd + ["run", "--rm", "--network", "none", image, "sh", "-c", shell])
+            shm = ["--shm-size", shm_size] if shm_size else []
+            run(
+                self.base_cmd + ["run", "--rm", "--network", "none", *shm, image, "sh", "-c", shell]
+            )
             return
         # buildah cannot switch the network off (see RESOURCES); it runs with the host's.
         ctr = output(self.base_cmd + ["from", "--pull-never", image])
@@ -468,7 +475,7 @@ def build(families: list[str], variant: str, vllm_variant: str = "cpu") -> dict[
         engine.build(DOCKER_DIR / family / "Dockerfile", tag, args, local_base)
         seconds = time.monotonic() - t
         t = time.monotonic()
-        engine.run_in(tag, SMOKE[family])
+        engine.run_in(tag, SMOKE[family], SMOKE_SHM.get(family, ""))
         smoke = time.monotonic() - t
         size = engine.size_mb(tag)
         summary[family] = {

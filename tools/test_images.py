@@ -178,14 +178,19 @@ def check_common(failures: list[str], run_dir: Path) -> dict:
     """What both runs share: prepare_data -> classify -> heal -> dpo_train -> evaluate.
 
     Returns the evaluation JSON, for the run's own gate checks."""
-    for task in ("prepare-data", "classify", "heal", "dpo-train", "evaluate"):
+    # classify and heal run sharded (split -> one task per shard -> merge): their
+    # merged outputs are the merge tasks'
+    for task in ("prepare-data", "merge-scored", "merge-healed", "dpo-train", "evaluate"):
         check(failures, bool(executor_output(run_dir, task)), f"{task}: executor_output.json")
+    for task in ("classify", "heal"):
+        shards = list(run_dir.glob(f"for-loop-*/{task}/executor_output.json"))
+        check(failures, bool(shards), f"{task}: {len(shards)} shard task(s) ran")
     train = read_jsonl(run_dir / "prepare-data" / "train")
     check(failures, len(train) == 12, f"prepare-data: 12 training dialogs (got {len(train)})")
     for name in ("eval_toxic", "eval_benign"):
         rows = read_jsonl(run_dir / "prepare-data" / name)
         check(failures, len(rows) == 4, f"prepare-data: {name} has 4 rows (got {len(rows)})")
-    scored = read_jsonl(run_dir / "classify" / "scored")
+    scored = read_jsonl(run_dir / "merge-scored" / "scored")
     check(
         failures,
         [r.get("id") for r in scored] == [r.get("id") for r in train] and bool(scored),
@@ -196,10 +201,10 @@ def check_common(failures: list[str], run_dir: Path) -> dict:
         all("toxicity" in r and isinstance(r.get("flagged"), bool) for r in scored),
         "classify: toxicity and flagged on every row",
     )
-    sft = read_jsonl(run_dir / "heal" / "sft_data")
+    sft = read_jsonl(run_dir / "merge-healed" / "sft_data")
     check(failures, len(sft) == len(train), f"heal: sft_data has {len(train)} rows")
     flagged = sum(bool(r.get("flagged")) for r in scored)
-    prefs = read_jsonl(run_dir / "heal" / "preferences")
+    prefs = read_jsonl(run_dir / "merge-healed" / "preferences")
     check(failures, len(prefs) == flagged, f"heal: one preference pair per flagged row ({flagged})")
     adapter = run_dir / "dpo-train" / "adapter"
     check(
