@@ -85,6 +85,14 @@ class Resources(Strict):
             "tolerations": self.tolerations,
             "pvc": self.pvc_name,
         }
+        shared = sorted({"pvc", "mount_path"} & set(self.trainjob))
+        if shared:
+            from optimus_lib.errors import OptimusError
+
+            raise OptimusError(
+                f"resources.trainjob: {', '.join(shared)} must not be set: the nodes and the "
+                "controller task share resources.pvc_name at /optimus-cache"
+            )
         job = load_settings(TrainJobSettings, {**base, **self.trainjob})
         return job.model_dump(exclude_defaults=True)
 
@@ -146,6 +154,7 @@ class PipelineSettings(Strict):
             )
         for section in SHARED:  # a value that is wrong only once resolved names its section
             self.stage(section)
+        self._check_batch_splits()
         from optimus_lib.detect.base import check_evaluator_independent
 
         ev = self.evaluate
@@ -158,6 +167,31 @@ class PipelineSettings(Strict):
         except OptimusError as exc:
             raise ValueError(f"evaluate: {exc}") from None
         return self
+
+    def _check_batch_splits(self) -> None:
+        """The global batch must split over the training ranks: checked here, before
+        classify and heal have run, not when training starts. The ranks: the TrainJob's
+        nodes x accelerators, else ``train_processes`` (0: the training task's
+        accelerators)."""
+        from optimus_lib.stages.train import USES_DPO
+        from optimus_lib.train.trainers import split_batch
+
+        r = self.resources
+        if r.train_backend == "trainjob":
+            job = r.trainjob_settings()
+            world = int(job.get("num_nodes", 1)) * max(1, int(r.train_accelerator_count))
+        else:
+            world = r.train_processes or max(1, r.train_accelerator_count)
+        if world <= 1:
+            return
+        stages = [("sft", self.train.sft)]
+        if self.method in USES_DPO:
+            stages.append(("dpo", self.train.dpo))
+        try:
+            for stage, cfg in stages:
+                split_batch(cfg.batch_size, cfg.grad_accum, world, stage)
+        except OptimusError as exc:
+            raise ValueError(f"{exc} (resources: {world} training ranks)") from None
 
     def stage(self, section: str) -> Any:
         """A section's settings with the shared top-level values filled in: the one place

@@ -51,11 +51,12 @@ def train_job(
     from optimus_lib.settings import load_settings, loop_values
     from optimus_lib.stages import one_line_errors
     from optimus_lib.stages.train import TrainSettings
-    from optimus_lib.stages.trainjob import TrainJobSettings, run_trainjob
+    from optimus_lib.stages.trainjob import TrainJobSettings, check_volume, run_trainjob
 
     with one_line_errors():
         s = load_settings(TrainSettings, settings, **loop_values(seed=seed, method=method))
         job = load_settings(TrainJobSettings, trainjob, image=trainjob.get("image") or image)
+        check_volume(job)
         result = run_trainjob(
             s, job, Path(sft_data.path), Path(adapter.path), Path(preferences.path)
         )

@@ -221,7 +221,7 @@ def run_processes(
         if code != 0:
             reason = _first_error(work / "errors")
             if reason is None:  # killed (out of memory, a signal) before it could say why
-                last = next((ln for ln in reversed(tail) if ln.strip()), "")
+                last = next((ln for ln in reversed(list(tail)) if ln.strip()), "")
                 reason = f"the launcher exited with code {code}" + (
                     f"; last log line: {last.strip()[:300]}" if last else ""
                 )

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -259,6 +260,18 @@ def run_key(settings: Any, job: TrainJobSettings, sft_data: Path, preferences: P
     return checkpoint_key(on_volume(settings, job), inputs, job.world())
 
 
+def check_volume(job: TrainJobSettings) -> None:
+    """The controller task must see the volume the nodes mount (``job.pvc`` at
+    ``job.mount_path``): without it the inputs this task writes and the adapter the job
+    writes never meet, and the job waits on files that never arrive."""
+    if not os.path.ismount(job.mount_path):
+        raise OptimusError(
+            f"trainjob.mount_path {job.mount_path} is not a mounted volume in this task: "
+            f"mount the PVC {job.pvc} there (the pipeline mounts its cache PVC at "
+            "/optimus-cache)"
+        )
+
+
 def run_trainjob(
     settings: Any,
     job: TrainJobSettings,
@@ -278,7 +291,10 @@ def run_trainjob(
     if not job.image:
         raise OptimusError("trainjob.image: the torch image the nodes run is not set")
     world = job.world()
-    for stage, cfg in (("sft", settings.sft), ("dpo", settings.dpo)):
+    stages = [("sft", settings.sft)] + (
+        [("dpo", settings.dpo)] if settings.method in USES_DPO else []
+    )
+    for stage, cfg in stages:
         split_batch(cfg.batch_size, cfg.grad_accum, world, stage)  # before creating anything
     root = Path(job.mount_path)
     settings = on_volume(settings, job)
@@ -286,13 +302,8 @@ def run_trainjob(
     key = run_key(settings, job, sft_data, preferences)
     name = job_name(key)
     work = root / "trainjobs" / key
-    (work / "inputs").mkdir(parents=True, exist_ok=True)
     sft_copy = work / "inputs" / "sft_data.jsonl"
-    shutil.copyfile(sft_data, sft_copy)
-    prefs_copy = None
-    if uses_prefs:
-        prefs_copy = work / "inputs" / "preferences.jsonl"
-        shutil.copyfile(preferences, prefs_copy)
+    prefs_copy = work / "inputs" / "preferences.jsonl" if uses_prefs else None
     adapter = work / "adapter"
     result = work / "result.json"
     client = client or _client(job)
@@ -303,6 +314,12 @@ def run_trainjob(
         _delete(client, name)
         state = _wait_gone(client, name, job)
     if state is None:
+        # inputs are written only for a job about to be created (never under a running
+        # one), each to a temporary name and renamed: a rank never reads half a file
+        (work / "inputs").mkdir(parents=True, exist_ok=True)
+        _copy_atomic(sft_data, sft_copy)
+        if prefs_copy is not None:
+            _copy_atomic(preferences, prefs_copy)
         shutil.rmtree(work / "errors", ignore_errors=True)
         result.unlink(missing_ok=True)
         args = rank_args(
@@ -325,6 +342,12 @@ def run_trainjob(
     out.adapter = Path(adapter_out)
     out.metadata = {**out.metadata, "trainjob": name, "trainjob_nodes": job.num_nodes}
     return out
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _delete(client, name: str) -> None:
@@ -465,13 +488,17 @@ def run_local_trainjob(
         env=job_env,
         **({"pip_index_urls": index_urls} if index_urls else {}),
     )
-    name = client.train(runtime=DEFAULT_RUNTIME, trainer=trainer)
-    deadline = time.monotonic() + timeout_s
-    while (state := client.get_job(name).status) not in ("Complete", "Failed"):
-        if time.monotonic() > deadline:
-            client.delete_job(name)
-            raise OptimusError(f"local TrainJob {name} did not finish within {timeout_s} s")
-        time.sleep(1)
+    try:
+        name = client.train(runtime=DEFAULT_RUNTIME, trainer=trainer)
+        deadline = time.monotonic() + timeout_s
+        while (state := client.get_job(name).status) not in ("Complete", "Failed"):
+            if time.monotonic() > deadline:
+                client.delete_job(name)
+                raise OptimusError(f"local TrainJob {name} did not finish within {timeout_s} s")
+            time.sleep(1)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     lines = [ln.rstrip() for ln in _lines(client.get_job_logs(name)) if ln.strip()]
     for line in lines:
         echo(line)

@@ -510,14 +510,18 @@ def test_trainjob_settings_come_from_the_gpu_placement():
 
     res = {"train_accelerator_count": 8, "train_backend": "trainjob",
            "node_selector": {"pool": "h100"}, "trainjob": {"num_nodes": 4}}  # fmt: skip
-    args = PipelineSettings.model_validate({"resources": res}).pipeline_arguments()
+    batch = {"sft": {"batch_size": 32}, "dpo": {"batch_size": 32}}  # splits over 4 x 8 ranks
+    args = PipelineSettings.model_validate({"resources": res, "train": batch}).pipeline_arguments()
     assert args["train_backend"] == "trainjob"
     job = args["trainjob_settings"]
     assert job["num_nodes"] == 4 and job["accelerators_per_node"] == 8
     assert job["node_selector"] == {"pool": "h100"}
     with pytest.raises(OptimusError, match="TrainJobSettings: num_nodes"):
         bad = {**res, "trainjob": {"num_nodes": 0}}
-        PipelineSettings.model_validate({"resources": bad}).pipeline_arguments()
-    exp = ExperimentConfig.model_validate({"base": {"resources": res}})
+        PipelineSettings.model_validate({"resources": bad, "train": batch}).pipeline_arguments()
+    # the defaults (4 x 1) do not split over 32 ranks: refused with the settings, not later
+    with pytest.raises(ValueError, match="does not split over 32 processes"):
+        PipelineSettings.model_validate({"resources": res})
+    exp = ExperimentConfig.model_validate({"base": {"resources": res, "train": batch}})
     with pytest.raises(OptimusError, match="trainjob is the defense pipeline's"):
         exp.pipeline_arguments()

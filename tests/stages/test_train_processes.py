@@ -175,7 +175,8 @@ def test_failing_rank_fails_fast_with_its_line_and_the_retry_resumes(tmp_path, t
     msg = str(err.value)
     assert "\n" not in msg
     assert msg == "training on 2 processes failed: rank 1: injected failure after step 2"
-    assert took < 120, took  # rank 0 was stopped, not left waiting in the collective
+    # rank 0 was stopped, not left waiting in the collective (its timeout is 1800 s)
+    assert took < 600, took
     assert not (tmp_path / "adapter").exists()
     (key,) = (tmp_path / "ckpt").iterdir()
     assert [p.name for p in (key / "sft" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
@@ -220,7 +221,7 @@ def test_launcher_timeout_stops_every_rank(tmp_path, tiny_model_dir, monkeypatch
     start = time.monotonic()
     with pytest.raises(OptimusError, match="did not finish within 10 s .*launch_timeout_s"):
         run_processes(s, tmp_path / "x.jsonl", tmp_path / "a", None, 2, entry=[str(sleeper)])
-    assert time.monotonic() - start < 40
+    assert time.monotonic() - start < 300  # stopped at its 10 s limit, not run forever
     for rank in ("0", "1"):
         pid = int((tmp_path / rank).read_text())
         assert subprocess.run(["kill", "-0", str(pid)], capture_output=True).returncode != 0
