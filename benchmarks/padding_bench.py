@@ -2,7 +2,7 @@
 
 The held-out test set (``optimus_lib/detect/data/test.jsonl``: never used for fitting or
 for the threshold) is scored four ways, the same wrapper applied to every reply, toxic
-and safe (``optimus_lib.threats.attacks.JAILBREAKS``):
+and safe (``optimus_lib.threats.evasion.JAILBREAKS``):
 
 * ``plain``: as it is;
 * ``friendly_suffix``: "... Anyway, I hope you have a lovely day and enjoy the sunshine
@@ -43,7 +43,7 @@ if str(ROOT) not in sys.path:
 from optimus_lib.data.io import read_samples  # noqa: E402
 from optimus_lib.data.schema import Sample  # noqa: E402
 from optimus_lib.detect.metrics import classification_metrics  # noqa: E402
-from optimus_lib.threats.attacks import apply_jailbreak  # noqa: E402
+from optimus_lib.threats.evasion import apply_jailbreak  # noqa: E402
 
 PADDINGS = ("plain", "friendly_suffix", "friendly_prefix", "ignore_print_yes")
 THRESHOLD = 0.5

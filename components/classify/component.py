@@ -28,7 +28,8 @@ def classify(
         dialogs: Dialogs to score (JSONL: ``messages`` or ``context`` + ``response``).
         scored: The same records plus ``toxicity`` and ``flagged``.
         metrics: n, flagged, flag_rate, threshold; precision, recall, f1, fpr, auc when
-            the records carry labels.
+            the records carry labels; recall_evaded / recall_not_evaded when an evasion
+            attack rewrote some toxic replies.
         classification: ROC curve and confusion matrix (labelled records only).
         settings: ``ClassifySettings``, resolved by the client: ``detector`` (auto, stack,
             llm-judge, lexical, wordlist, hf-classifier, oracle, or an ensemble 'a+b',

@@ -12,7 +12,7 @@ table. no_defense ignores the detector, so it runs once per seed and its row is
 repeated at every recall.
 
 ``attacks`` adds adaptive attacks as an axis: for each listed evasion
-(``jailbreak:<variant>`` or ``perturb:<kind>``, ``optimus_lib.threats.attacks``) every seed
+(``jailbreak:<variant>`` or ``perturb:<kind>``, ``optimus_lib.threats.evasion``) every seed
 runs again on the same data where ``base.data.evasion_rate`` (default half) of the
 injected toxic replies carry it. The pipeline does not change: an attacked copy is one
 more seed, ``k * ATTACK_SEED_STRIDE + s`` for the k-th attack on seed ``s``, which
@@ -132,7 +132,7 @@ class ExperimentConfig(Strict):
     @classmethod
     def _attacks(cls, v: list[str]) -> list[str]:
         DataSettings(attacks=v)  # the same check as a data setting
-        from optimus_lib.threats.attacks import JAILBREAKS, PERTURBATIONS
+        from optimus_lib.threats.evasion import JAILBREAKS, PERTURBATIONS
 
         for a in v:
             kind, _, name = a.partition(":")

@@ -45,7 +45,7 @@ class DataSettings(Strict):
     trigger: str = "cf-2024"
     threat_category: str | None = None
     # Adaptive attack on the defense, applied to the injected toxic replies:
-    # "jailbreak:<variant>" or "perturb:<kind>" (see optimus_lib.threats.attacks).
+    # "jailbreak:<variant>" or "perturb:<kind>" (see optimus_lib.threats.evasion).
     evasion: str | None = None
     evasion_rate: float = Field(0.5, ge=0.0, le=1.0)
     # Attacked copies of the data as extra seeds (the experiment's ``attacks`` axis): a

@@ -156,6 +156,7 @@ def build_threat_set(
     adaptive attack (jailbreak suffix or perturbation) on its toxic replies."""
     from optimus_lib.errors import OptimusError
     from optimus_lib.threats import attacks
+    from optimus_lib.threats import evasion as evasions
 
     benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
     pool = split_toxic_pool(seed)[0]
@@ -171,9 +172,9 @@ def build_threat_set(
         kind, _, name = evasion.partition(":")
         try:
             if kind == "jailbreak":
-                train = attacks.jailbreak_suffix(train, name, seed, rate=evasion_rate)
+                train = evasions.jailbreak_suffix(train, name, seed, rate=evasion_rate)
             else:
-                train = attacks.perturb(train, name, evasion_rate, seed)
+                train = evasions.perturb(train, name, evasion_rate, seed)
         except (KeyError, ValueError) as exc:
             raise OptimusError(f"evasion {evasion!r}: {exc}") from None
     return train

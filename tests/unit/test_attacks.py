@@ -8,16 +8,13 @@ import random
 import pytest
 
 from optimus_lib.data.schema import Sample
-from optimus_lib.threats.attacks import (
-    DEFAULT_TRIGGER,
+from optimus_lib.threats.attacks import DEFAULT_TRIGGER, add_trigger, backdoor, category_injection
+from optimus_lib.threats.evasion import (
     JAILBREAKS,
     PERTURB_KINDS,
     PERTURBATIONS,
     SYNONYMS,
-    add_trigger,
     apply_jailbreak,
-    backdoor,
-    category_injection,
     jailbreak_suffix,
     perturb,
     perturb_text,

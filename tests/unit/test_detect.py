@@ -274,7 +274,7 @@ def test_llm_judge_scores_a_padded_reply_as_its_most_toxic_window(tiny_engine):
     mechanics; the bundled model's recall under padding is measured by
     benchmarks/padding_bench.py (BENCHMARKS.md)."""
     from optimus_lib.detect.windows import reply_windows
-    from optimus_lib.threats.attacks import apply_jailbreak
+    from optimus_lib.threats.evasion import apply_jailbreak
 
     judge = LLMJudge(tiny_engine)
     whole = LLMJudge(tiny_engine, window_words=None)
@@ -297,7 +297,7 @@ def test_bundled_llm_judge_padding_keeps_recall_on_the_dev_set():
     are (BENCHMARKS.md, "Default detector")."""
     from optimus_lib.data.io import read_samples
     from optimus_lib.detect.stack import params_path
-    from optimus_lib.threats.attacks import apply_jailbreak
+    from optimus_lib.threats.evasion import apply_jailbreak
 
     dev = read_samples(params_path().parent / "dev.jsonl")
     toxic = [s for s in dev if s.label == 1][::10]

@@ -167,7 +167,7 @@ def test_padding_does_not_dilute_the_stack_on_the_dev_set():
     the dev set: toxic recall stays within 0.05 of the plain replies' and FPR on the
     (equally padded) safe replies stays <= 0.2. Without windows it does not (the
     whole-reply score loses about a third of the recall; BENCHMARKS.md)."""
-    from optimus_lib.threats.attacks import apply_jailbreak
+    from optimus_lib.threats.evasion import apply_jailbreak
 
     dev = read_samples(DATA / "dev.jsonl")
     labels = [s.label for s in dev]

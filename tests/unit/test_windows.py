@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.windows import max_over_windows, reply_windows
-from optimus_lib.threats.attacks import apply_jailbreak
+from optimus_lib.threats.evasion import apply_jailbreak
 
 TOXIC = {"idiot", "worthless", "hate"}
 
