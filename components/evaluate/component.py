@@ -41,8 +41,9 @@ def evaluate(
             generation): register's and record_rejection's input.
         settings: ``EvaluateSettings``, resolved by the client: ``model`` (the base model
             the adapter was trained on), ``evaluator`` (the detector that judges replies,
-            independent of classify's), ``context_evaluator``, ``seed``, ``gates``, ``max_new_tokens``,
-            ``do_sample``, ``samples``, ``similarity``, ``compare_base``, ...; a bad value
+            independent of classify's), ``context_evaluator``, ``seed``, ``gates``,
+            ``max_new_tokens``, ``do_sample``, ``samples``, ``similarity``, ``compare_base``,
+            ...; a bad value
             fails the task with one line naming the field.
         seed: Set by a loop over arms (the experiment); -1: ``settings.seed``.
         labels: What is evaluated (an experiment arm: seed, recall_target, method, ...),
