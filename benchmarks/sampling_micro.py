@@ -1,4 +1,4 @@
-"""Sampling step alone, code at two checkouts: 24 steps x 60 rows x 49,152-entry vocabulary, top-p 0.9.
+"""Sampling step alone at two checkouts: 24 steps x 60 rows x 49,152 tokens, top-p 0.9.
 
 .venv/bin/python benchmarks/sampling_micro.py OLD_CHECKOUT NEW_CHECKOUT
 """
@@ -27,10 +27,10 @@ def run(path):
             pick = torch.stack(
                 [torch.multinomial(p[r], 1, generator=g)[0] for r, g in enumerate(gens)]
             )
-            nxt = c.gather(1, pick[:, None])[:, 0]
+            c.gather(1, pick[:, None])[:, 0]
         else:
             probs = E._nucleus(logits, 0.9, 1.0)
-            nxt = torch.stack(
+            torch.stack(
                 [torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(gens)]
             )
     sys.path.pop(0)
