@@ -58,9 +58,10 @@ compile: ## compile every component.yaml and pipelines/*.yaml, regenerate the co
 # (DOCKER_HOST), else buildah. Index settings come from PIP_INDEX_URL / PIP_EXTRA_INDEX_URL
 # in the environment; BASE_IMAGE=python:3.11-slim replaces the offline Debian base.
 TORCH_VARIANT ?= cpu
+VLLM_VARIANT ?= cpu
 
-build-images: ## build the base (if missing), the optimus wheel, light and torch (TORCH_VARIANT=cpu|cuda); VLLM=1 adds vllm
-	$(PYTHON) tools/images.py build --torch-variant $(TORCH_VARIANT) $(if $(VLLM),--vllm)
+build-images: ## build the base (if missing), the runtime base, light and torch (TORCH_VARIANT=cpu|cuda); VLLM=1 adds vllm (VLLM_VARIANT=cpu|cuda)
+	$(PYTHON) tools/images.py build --torch-variant $(TORCH_VARIANT) $(if $(VLLM),--vllm --vllm-variant $(VLLM_VARIANT))
 
 push-images: ## push the images to REGISTRY=host/path, pin their digests in components/images.lock.json (then make compile)
 	@test -n "$(REGISTRY)" || { echo "make push-images: give REGISTRY=host/path (e.g. REGISTRY=ghcr.io/me)" >&2; exit 2; }

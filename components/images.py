@@ -8,8 +8,10 @@ Images go by dependency family, not by stage:
 * ``vllm`` (optional, ``make build-images VLLM=1``): the torch family's code on vLLM's
   torch, for GPU tasks that set ``engine: vllm``; no component names it by default.
 
-Each family's Dockerfile is ``docker/<family>/Dockerfile``; they build ``FROM``
-:data:`BASE_IMAGE` (``docker/base/build.sh``) unless ``BASE_IMAGE`` is overridden.
+Each family's Dockerfile is ``docker/<family>/Dockerfile``; its builder stages start
+``FROM`` :data:`BASE_IMAGE` (``docker/base/build.sh``, unless ``BASE_IMAGE`` is
+overridden) and its final stage ``FROM`` :data:`RUNTIME_IMAGE`
+(``docker/runtime/Dockerfile``, built from the same base).
 
 A name is ``{OPTIMUS_REGISTRY}/optimus-{family}:{version}``: the registry comes from the
 environment (default ``ghcr.io/optimus-defense``), the tag is the optimus_lib version, so a
@@ -35,6 +37,10 @@ FAMILIES = ("light", "torch")
 OPTIONAL_FAMILIES = ("vllm",)
 # The offline-built Debian bookworm + Python base (docker/base/build.sh; local only).
 BASE_IMAGE = "optimus-base:bookworm"
+# The final stage every family starts from (docker/runtime/Dockerfile: the non-root user,
+# the shared environment and labels, the command), built from BASE_IMAGE before the
+# families (local only: a pushed family image holds its layers).
+RUNTIME_IMAGE = "optimus-runtime:bookworm"
 LOCK_FILE = Path(__file__).with_name("images.lock.json")
 _ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,6 +95,7 @@ __all__ = [
     "FAMILIES",
     "IMAGES",
     "OPTIONAL_FAMILIES",
+    "RUNTIME_IMAGE",
     "image_name",
     "library_version",
     "resolve",

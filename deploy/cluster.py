@@ -12,7 +12,9 @@ settings file), and compares it with the cluster the current kube context points
   first GPU task mounts it);
 * nodes exist that carry the GPU tasks' node-selector labels, have allocatable
   accelerators, CPU and memory for each GPU task, and only taints those tasks tolerate;
-* every image is pinned by digest (``@sha256:``).
+* every image is pinned by digest (``@sha256:``);
+* with ``train_backend: trainjob``: Kubeflow Trainer's TrainJob API is served, the named
+  training runtime exists (torch framework), and ``pipeline-runner`` may create TrainJobs.
 
 One line per check, ``OK`` or ``PROBLEM``; :func:`check_cluster` returns the number of
 problems. An unreachable API or an unusable kubeconfig is one ``OptimusError`` line.
@@ -37,6 +39,7 @@ from deploy.pipeline_spec import (
     gpu_tasks,
     images,
     load_pipeline,
+    parameter_values,
     quantity,
 )
 
@@ -97,10 +100,22 @@ class _Api:
         self.core = client.CoreV1Api(api_client)
         self.storage = client.StorageV1Api(api_client)
         self.host = api_client.configuration.host
+        self.client = api_client
 
     def get(self, call: Callable[..., Any], *args: Any) -> dict[str, Any]:
         resp = call(*args, _preload_content=False, _request_timeout=15)
         return json.loads(resp.data or b"{}")
+
+    def raw(
+        self, path: str, method: str = "GET", body: Any = None, headers: dict | None = None
+    ) -> dict[str, Any]:
+        """A request by path (custom resources, discovery, access reviews) as JSON."""
+        head = {"Accept": "application/json", "Content-Type": "application/json"}
+        resp = self.client.call_api(
+            path, method, header_params={**head, **(headers or {})}, body=body,
+            auth_settings=["BearerToken"], _preload_content=False, _request_timeout=15,
+        )  # fmt: skip
+        return json.loads(resp[0].data or b"{}")
 
 
 def _status(exc: Exception) -> int | None:
@@ -283,7 +298,7 @@ def _check_gpu_nodes(api: _Api, needs: list[GpuTask]) -> list[Check]:
     out = []
     for group in groups.values():
         first = group[0]
-        names = ", ".join(n.task for n in group)
+        names = ", ".join(sorted(n.task for n in group))
         sel = ",".join(f"{k}={v}" for k, v in sorted(first.node_selector.items())) or "(any node)"
         if not first.resource:
             out.append(
@@ -329,6 +344,106 @@ def _check_gpu_nodes(api: _Api, needs: list[GpuTask]) -> list[Check]:
     return out
 
 
+TRAINER_API = "/apis/trainer.kubeflow.org/v1alpha1"
+
+
+def _check_trainjob(api: _Api, ns: str, runtime: str) -> list[Check]:
+    """The trainjob backend's needs: Kubeflow Trainer's TrainJob API, the named runtime
+    (namespaced first, then cluster-scoped, as the SDK looks) with the torch framework
+    label the SDK requires, and whether pipeline-runner may create TrainJobs (a
+    SelfSubjectAccessReview made as that service account, by impersonation)."""
+    out = []
+    try:
+        served = {r.get("name") for r in api.raw(TRAINER_API).get("resources", [])}
+    except Exception as exc:
+        if _status(exc) is None:
+            raise
+        served = set()
+    if "trainjobs" in served:
+        out.append(Check(True, "TrainJob API trainer.kubeflow.org/v1alpha1 is served"))
+    else:
+        out.append(
+            Check(
+                False,
+                "the TrainJob CRD (trainjobs.trainer.kubeflow.org/v1alpha1) is not installed: "
+                "install Kubeflow Trainer (docs/cluster.md) or set train_backend: local",
+            )
+        )
+    found = None
+    for kind, path in (
+        ("TrainingRuntime", f"{TRAINER_API}/namespaces/{ns}/trainingruntimes/{runtime}"),
+        ("ClusterTrainingRuntime", f"{TRAINER_API}/clustertrainingruntimes/{runtime}"),
+    ):
+        try:
+            found = (kind, api.raw(path))
+            break
+        except Exception as exc:
+            if _status(exc) not in (403, 404):
+                raise
+    if found is None:
+        out.append(
+            Check(
+                False,
+                f"training runtime {runtime} not found (neither a TrainingRuntime in {ns} nor "
+                "a ClusterTrainingRuntime; docs/cluster.md installs torch-distributed)",
+            )
+        )
+    else:
+        kind, obj = found
+        labels = obj.get("metadata", {}).get("labels") or {}
+        framework = labels.get("trainer.kubeflow.org/framework")
+        if framework != "torch":
+            out.append(
+                Check(
+                    False,
+                    f"training runtime {runtime} ({kind}) has trainer.kubeflow.org/framework="
+                    f"{framework or '(none)'}: the trainjob backend runs torchrun and needs torch",
+                )
+            )
+        else:
+            out.append(Check(True, f"training runtime {runtime} exists ({kind}, framework torch)"))
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SelfSubjectAccessReview",
+        "spec": {
+            "resourceAttributes": {
+                "namespace": ns, "verb": "create",
+                "group": "trainer.kubeflow.org", "resource": "trainjobs",
+            }
+        },
+    }  # fmt: skip
+    who = f"system:serviceaccount:{ns}:{SERVICE_ACCOUNT}"
+    try:
+        got = api.raw(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "POST", review,
+            {"Impersonate-User": who},
+        )  # fmt: skip
+    except Exception as exc:
+        if _status(exc) is None:
+            raise
+        out.append(
+            Check(
+                False,
+                f"cannot check whether {SERVICE_ACCOUNT} may create TrainJobs: {_reason(exc)} "
+                "(the check impersonates it: needs impersonate on serviceaccounts)",
+            )
+        )
+        return out
+    status = got.get("status", {})
+    if status.get("allowed"):
+        out.append(Check(True, f"{SERVICE_ACCOUNT} may create TrainJobs in {ns}"))
+    else:
+        why = status.get("reason") or status.get("evaluationError") or "denied"
+        out.append(
+            Check(
+                False,
+                f"{SERVICE_ACCOUNT} may not create TrainJobs in {ns} ({why}; apply "
+                "manifests/overlays/...: role.yaml grants it)",
+            )
+        )
+    return out
+
+
 def _check_images(spec: dict[str, Any]) -> Check:
     imgs = sorted(set(images(spec).values()))
     loose = [i for i in imgs if not DIGEST.search(i)]
@@ -363,6 +478,10 @@ def run_checks(
             checks.append(_check_service_account(api, namespace))
             checks += [_check_pvc(api, namespace, p) for p in pvcs]
         checks += _check_gpu_nodes(api, needs)
+        values = parameter_values(spec, arguments)
+        if values.get("train_backend") == "trainjob" and checks[0].ok:
+            runtime = (values.get("trainjob_settings") or {}).get("runtime") or "torch-distributed"
+            checks += _check_trainjob(api, namespace, runtime)
     except Exception as exc:
         why = _unreachable(exc, api.host)
         if why is None:

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Iterator
@@ -36,16 +37,26 @@ _PROGRESS_LINE = re.compile(
 )
 
 
+# What optimus_lib.progress writes while a task works ("optimus: progress: heal · ...").
+_TASK_PROGRESS = re.compile(r"^\s*optimus: progress: (.*)$")
+
+
 class _Tee(io.TextIOBase):
     """Where stdout goes during a local run: everything to ``out``; kfp.local's progress
-    lines also to ``progress`` (the terminal when ``out`` is a log file); remembers the
-    last one-line user error a task printed."""
+    lines and the tasks' own progress lines also to ``progress`` (the terminal when
+    ``out`` is a log file); remembers the last one-line user error a task printed.
+
+    On a terminal the latest task progress line is one live line, rewritten in place and
+    cleared before kfp.local's next line; elsewhere (a pipe, CI) each one is a line."""
 
     def __init__(self, out: Any, progress: Any = None) -> None:
         self.out = out
         self.progress = progress
         self.error: str | None = None
         self._partial = ""
+        self._live = False  # a live line is on the terminal
+        isatty = getattr(progress, "isatty", None)
+        self._tty = bool(isatty and isatty())
 
     def write(self, text: str) -> int:
         self.out.write(text)
@@ -55,9 +66,28 @@ class _Tee(io.TextIOBase):
             m = _ERROR_LINE.match(line)
             if m:
                 self.error = m.group(1).strip()
-            if self.progress is not None and _PROGRESS_LINE.match(line):
+            if self.progress is None:
+                continue
+            if _PROGRESS_LINE.match(line):
+                self.clear()
                 self.progress.write(line + "\n")
+            elif m := _TASK_PROGRESS.match(line):
+                self._show(m.group(1).strip())
         return len(text)
+
+    def _show(self, status: str) -> None:
+        if self._tty:
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.progress.write("\r\x1b[K  " + status[: max(10, width - 2)])
+            self._live = True
+        else:
+            self.progress.write(f"  {status}\n")
+        self.progress.flush()
+
+    def clear(self) -> None:
+        if self._live:
+            self.progress.write("\r\x1b[K")
+            self._live = False
 
     def flush(self) -> None:
         self.out.flush()
@@ -112,6 +142,8 @@ def _run_pipeline(
         log_name = getattr(log, "name", None)
         detail = tee.error or (f"see {log_name}" if isinstance(log_name, str) else message)
         raise OptimusError(f"{where} failed: {detail}") from None
+    finally:
+        tee.clear()  # no live line left under the summary or the error
 
 
 def _check_local_inputs(args: dict[str, Any]) -> None:
@@ -166,6 +198,13 @@ def run_local(
     Raises ``OptimusError`` (one line) for an unknown parameter or a failed task: the
     failing task's own one-line error when it printed one.
     """
+    if arguments.get("train_backend", "local") != "local":
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            f"train_backend {arguments['train_backend']!r} needs a cluster (optimus submit); "
+            "a local run trains in its own processes (resources.train_processes)"
+        )
     run = _run_pipeline(build_defense_pipeline(cluster=False), arguments, pipeline_root, log)
     evaluation = Path(run.outputs["evaluation"].path)
     run_dir = evaluation.parents[1]  # <pipeline_root>/<pipeline>-<time>/evaluate/evaluation

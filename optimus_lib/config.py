@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
@@ -51,7 +51,16 @@ class Resources(Strict):
     """Kubernetes placement of the GPU stages (ignored by the local runner)."""
 
     accelerator_type: str = "nvidia.com/gpu"
-    accelerator_count: int = Field(1, ge=0)
+    accelerator_count: int = Field(1, ge=0)  # per inference task: classify, heal, evaluate
+    # The training task's accelerators (e.g. all 8 of its node) and its processes there
+    # (0: one per accelerator; dpo_train runs one rank each under torchrun).
+    train_accelerator_count: int = Field(1, ge=0)
+    train_processes: int = Field(0, ge=0)
+    # ``trainjob``: the defense pipeline trains on Kubeflow Trainer (a TrainJob over
+    # ``trainjob.num_nodes`` nodes) from a light task; ``trainjob`` holds TrainJobSettings
+    # beyond what is filled in from here (accelerator, node selector, tolerations, PVC).
+    train_backend: Literal["local", "trainjob"] = "local"
+    trainjob: dict[str, Any] = {}
     node_selector: dict[str, str] = {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     tolerations: list[dict[str, Any]] = [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -59,15 +68,48 @@ class Resources(Strict):
     # The PVC the GPU tasks mount at /optimus-cache (model cache + checkpoints); the
     # manifests create it under this name (manifests/base/cache-pvc.yaml).
     pvc_name: str = Field("optimus-cache", pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    # Shards classify and heal each run in: one pod per shard on a cluster, one after
+    # the other under the local runner; the merged outputs equal an unsharded run's.
+    shards: int = Field(1, ge=1, le=1024)
+
+    def trainjob_settings(self) -> dict[str, Any]:
+        """TrainJobSettings of the trainjob backend: the GPU pool's placement from here
+        (``train_accelerator_count`` per node), ``trainjob`` on top; validated now."""
+        from optimus_lib.settings import load_settings
+        from optimus_lib.stages.trainjob import TrainJobSettings
+
+        base = {
+            "accelerator_type": self.accelerator_type,
+            "accelerators_per_node": self.train_accelerator_count,
+            "node_selector": self.node_selector,
+            "tolerations": self.tolerations,
+            "pvc": self.pvc_name,
+        }
+        shared = sorted({"pvc", "mount_path"} & set(self.trainjob))
+        if shared:
+            from optimus_lib.errors import OptimusError
+
+            raise OptimusError(
+                f"resources.trainjob: {', '.join(shared)} must not be set: the nodes and the "
+                "controller task share resources.pvc_name at /optimus-cache"
+            )
+        job = load_settings(TrainJobSettings, {**base, **self.trainjob})
+        return job.model_dump(exclude_defaults=True)
 
     def pipeline_arguments(self) -> dict[str, Any]:
-        """The pipelines' placement parameters (the same in both pipelines)."""
+        """The pipelines' placement parameters (the defense pipeline's; the experiment
+        pipeline takes all but the training backend's)."""
         return {
             "accelerator_type": self.accelerator_type,
             "accelerator_count": self.accelerator_count,
+            "train_accelerator_count": self.train_accelerator_count,
+            "train_processes": self.train_processes,
+            "train_backend": self.train_backend,
+            "trainjob_settings": self.trainjob_settings(),
             "gpu_node_selector": self.node_selector,
             "gpu_tolerations": self.tolerations,
             "cache_pvc": self.pvc_name,
+            "shards": self.shards,
         }
 
 
@@ -112,7 +154,44 @@ class PipelineSettings(Strict):
             )
         for section in SHARED:  # a value that is wrong only once resolved names its section
             self.stage(section)
+        self._check_batch_splits()
+        from optimus_lib.detect.base import check_evaluator_independent
+
+        ev = self.evaluate
+        try:
+            check_evaluator_independent(
+                [e for e in (ev.evaluator, ev.context_evaluator) if e],
+                [self.detector, self.stage("heal").rescore_detector],
+                self.judge_model,
+            )
+        except OptimusError as exc:
+            raise ValueError(f"evaluate: {exc}") from None
         return self
+
+    def _check_batch_splits(self) -> None:
+        """The global batch must split over the training ranks: checked here, before
+        classify and heal have run, not when training starts. The ranks: the TrainJob's
+        nodes x accelerators, else ``train_processes`` (0: the training task's
+        accelerators)."""
+        from optimus_lib.stages.train import USES_DPO
+        from optimus_lib.train.trainers import split_batch
+
+        r = self.resources
+        if r.train_backend == "trainjob":
+            job = r.trainjob_settings()
+            world = int(job.get("num_nodes", 1)) * max(1, int(r.train_accelerator_count))
+        else:
+            world = r.train_processes or max(1, r.train_accelerator_count)
+        if world <= 1:
+            return
+        stages = [("sft", self.train.sft)]
+        if self.method in USES_DPO:
+            stages.append(("dpo", self.train.dpo))
+        try:
+            for stage, cfg in stages:
+                split_batch(cfg.batch_size, cfg.grad_accum, world, stage)
+        except OptimusError as exc:
+            raise ValueError(f"{exc} (resources: {world} training ranks)") from None
 
     def stage(self, section: str) -> Any:
         """A section's settings with the shared top-level values filled in: the one place

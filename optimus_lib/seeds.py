@@ -1,11 +1,12 @@
 """Per-record seeds: a sampled output depends only on its record and the run's seed.
 
 Sampling from one random stream shared by a whole batch makes each reply depend on
-which other records were in the run: drop a record, add a shard, or widen the set of
-flagged dialogs, and every later reply changes. Deriving a seed from the run's seed and
-the record's identity (its id, or a digest of its text when it has none) makes a
-healed or evaluated reply a function of that record alone, so sharded and unsharded
-runs, and sweeps with different arms, agree record by record.
+which other records were in the run: add a shard, or widen the set of flagged dialogs,
+and every later reply changes. Deriving a seed from the run's seed and the record's
+identity (its id, or a digest of its text when it has none) makes a healed or evaluated
+reply a function of that record alone, so sharded and unsharded runs, and sweeps with
+different arms, agree record by record. (A record that comes without an id is given its
+position in the input as id when it is read, so its seed moves with its position.)
 """
 
 from __future__ import annotations

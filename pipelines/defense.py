@@ -19,16 +19,17 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
 
-from components.dpo_train.component import dpo_train
 from components.evaluate.component import evaluate
 from pipelines.shared import (
     CACHE_MOUNT,
     DEFAULT_NODE_SELECTOR,
     DEFAULT_TOLERATIONS,
     Placement,
+    build_curation,
     curate,
     register_task,
     rejection_task,
+    training,
 )
 
 PIPELINE_NAME = "optimus-defense"
@@ -45,6 +46,8 @@ def build_defense_pipeline(cluster: bool = True):
     """The defense pipeline; ``cluster=False`` leaves out the Kubernetes settings and the
     retries (:mod:`pipelines.shared`), for kfp.local. The compiled YAML has them."""
 
+    curation = build_curation(cluster)
+
     @dsl.pipeline(name=PIPELINE_NAME)
     def defense_pipeline(
         data_settings: dict = {},  # noqa: B006 - KFP needs literal defaults
@@ -55,11 +58,16 @@ def build_defense_pipeline(cluster: bool = True):
         register_settings: dict = {},  # noqa: B006
         accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
+        train_accelerator_count: int = 1,
+        train_processes: int = 0,
+        train_backend: str = "local",
+        trainjob_settings: dict = {},  # noqa: B006
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
         cache_dir: str = CACHE_MOUNT,
         hf_token_secret: str = "hf-token",
+        shards: int = 1,
     ) -> DefenseOutputs:
         """Fine-tunes a chat model on untrusted dialogs without learning their toxicity.
 
@@ -76,39 +84,41 @@ def build_defense_pipeline(cluster: bool = True):
             evaluate_settings: EvaluateSettings (base model, evaluator, gates, ...).
             register_settings: RegisterSettings (registry URI, model name, version).
             accelerator_type: Accelerator resource of the GPU tasks.
-            accelerator_count: Accelerators per GPU task.
+            accelerator_count: Accelerators per inference task (classify, heal, evaluate).
+            train_accelerator_count: Accelerators of the training task (dpo_train).
+            train_processes: Training processes in dpo_train (0: one per accelerator).
+            train_backend: ``local`` (dpo_train in its pod) or ``trainjob`` (a Kubeflow
+                Trainer TrainJob over many nodes, started by a light train_job task).
+            trainjob_settings: TrainJobSettings of the ``trainjob`` backend (nodes,
+                accelerators per node, node selector, tolerations, runtime, ...).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks (model cache and
                 training checkpoints, so a retried dpo_train resumes).
             cache_dir: Cache folder the GPU tasks use; empty: the image default.
             hf_token_secret: Secret whose ``token`` key becomes HF_TOKEN (optional).
+            shards: Shards classify and heal each run in (one pod per shard on a
+                cluster); their merged outputs equal an unsharded run's.
 
         Returns:
             evaluate's results JSON and HTML report.
         """
-        where = Placement(
-            accelerator_type,
-            accelerator_count,
-            gpu_node_selector,
-            gpu_tolerations,
-            cache_pvc,
-            hf_token_secret,
-            cache_dir,
-            cluster,
-        )
-        curated = curate(where, data_settings, classify_settings, heal_settings)
-        trained = dpo_train(
-            sft_data=curated.healed.outputs["sft_data"],
-            preferences=curated.healed.outputs["preferences"],
+        where = Placement.of(locals(), cluster)
+        curated = curate(curation, where, data_settings, classify_settings, heal_settings, shards)
+        adapter = training(
+            where,
+            train_backend,
+            trainjob_settings,
+            train_processes,
+            sft_data=curated.outputs["sft_data"],
+            preferences=curated.outputs["preferences"],
             settings=train_settings,
             cache_dir=cache_dir,
         )
-        where.train(trained)
         verdict = evaluate(
-            adapter=trained.outputs["adapter"],
-            eval_toxic=curated.data.outputs["eval_toxic"],
-            eval_benign=curated.data.outputs["eval_benign"],
+            adapter=adapter,
+            eval_toxic=curated.outputs["eval_toxic"],
+            eval_benign=curated.outputs["eval_benign"],
             settings=evaluate_settings,
             cache_dir=cache_dir,
         )
@@ -119,7 +129,7 @@ def build_defense_pipeline(cluster: bool = True):
         with dsl.If(verdict.outputs["Output"] == True, name="gates-passed"):  # noqa: E712
             register_task(
                 where,
-                trained.outputs["adapter"],
+                adapter,
                 verdict.outputs["evaluation"],
                 register_settings,
             )

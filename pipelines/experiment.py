@@ -1,9 +1,10 @@
 """The experiment pipeline: the paper's robustness table as one KFP run.
 
-Loop 1, per seed: the curation of :mod:`pipelines.shared` (prepare_data -> classify at
-the highest recall any arm uses -> heal of everything it flags), shared with the defense
-pipeline. seed_bank gathers those outputs into one artifact (KFP cannot hand a list
-collected from one loop to the tasks of another). Loop 2, per arm (seed, detector
+Loop 1, per seed: the curation sub-pipeline of :mod:`pipelines.shared` (prepare_data ->
+classify at the highest recall any arm uses -> heal of everything it flags, each
+inference stage in ``shards`` shards), shared with the defense pipeline. seed_bank
+gathers those outputs into one artifact (KFP cannot hand a list collected from one loop
+to the tasks of another). Loop 2, per arm (seed, detector
 recall, method): arm_inputs (re-threshold the stored scores at the recall, reuse the
 seed's healed replies) -> dpo_train -> evaluate, labelled with the arm. compare_arms
 collects every evaluation into one table with bootstrap intervals and the paired
@@ -12,7 +13,9 @@ against no_defense: ``promote`` registers its adapter, ``reject`` records why no
 
 So classify and heal run once per seed, not once per arm; on a cluster each arm's
 training runs on its own GPU node (``ARM_PARALLELISM`` at a time). Loops are not nested:
-kfp.local (2.17) resolves an outer loop's values wrongly inside an inner loop.
+kfp.local (2.17) resolves an outer loop's values wrongly inside an inner loop (the shard
+loops sit inside the curation sub-pipeline, where the seed is a parameter, not a loop
+value).
 ``optimus experiment CONFIG.yaml`` builds the parameters from an experiment file
 (``optimus_lib.experiment.ExperimentConfig.pipeline_arguments``).
 """
@@ -32,6 +35,7 @@ from pipelines.shared import (
     DEFAULT_NODE_SELECTOR,
     DEFAULT_TOLERATIONS,
     Placement,
+    build_curation,
     curate,
     register_task,
     rejection_task,
@@ -55,6 +59,8 @@ def build_experiment_pipeline(cluster: bool = True):
     retries (:mod:`pipelines.shared`) and runs one seed and one arm at a time: on a
     workstation two torch tasks on the same cores slow each other down several-fold."""
 
+    curation = build_curation(cluster)
+
     @dsl.pipeline(name=PIPELINE_NAME)
     def experiment_pipeline(
         seeds: list = [0],  # noqa: B006 - KFP needs literal defaults
@@ -71,11 +77,14 @@ def build_experiment_pipeline(cluster: bool = True):
         comparison_settings: dict = {},  # noqa: B006
         accelerator_type: str = "nvidia.com/gpu",
         accelerator_count: int = 1,
+        train_accelerator_count: int = 1,
+        train_processes: int = 0,
         gpu_node_selector: dict = DEFAULT_NODE_SELECTOR,
         gpu_tolerations: list = DEFAULT_TOLERATIONS,
         cache_pvc: str = "optimus-cache",
         cache_dir: str = CACHE_MOUNT,
         hf_token_secret: str = "hf-token",
+        shards: int = 1,
     ) -> ExperimentOutputs:
         """Compares training methods at several detector recalls and seeds on the same data.
 
@@ -98,38 +107,34 @@ def build_experiment_pipeline(cluster: bool = True):
             register_settings: RegisterSettings of a promotion.
             comparison_settings: ComparisonSettings (report title, method order, promote).
             accelerator_type: Accelerator resource of the GPU tasks.
-            accelerator_count: Accelerators per GPU task.
+            accelerator_count: Accelerators per inference task (classify, heal, evaluate).
+            train_accelerator_count: Accelerators of the training task (dpo_train).
+            train_processes: Training processes in dpo_train (0: one per accelerator).
             gpu_node_selector: Node selector of the GPU tasks (node pool labels).
             gpu_tolerations: Tolerations of the GPU tasks (node pool taints).
             cache_pvc: PVC mounted at /optimus-cache in the GPU tasks.
             cache_dir: Cache folder the GPU tasks use; empty: the image default.
             hf_token_secret: Secret whose ``token`` key becomes HF_TOKEN (optional).
+            shards: Shards each seed's classify and heal run in (one pod per shard on
+                a cluster); their merged outputs equal an unsharded run's.
 
         Returns:
             compare_arms' results folder and HTML report.
         """
-        where = Placement(
-            accelerator_type,
-            accelerator_count,
-            gpu_node_selector,
-            gpu_tolerations,
-            cache_pvc,
-            hf_token_secret,
-            cache_dir,
-            cluster,
-        )
+        where = Placement.of(locals(), cluster)
         one_at_a_time = None if cluster else 1
         with dsl.ParallelFor(seeds, parallelism=one_at_a_time, name="seeds") as seed:
-            curated = curate(where, data_settings, classify_settings, heal_settings, seed)
+            curated = curate(
+                curation, where, data_settings, classify_settings, heal_settings, shards, seed
+            ).outputs
 
-        data, classified, healed = curated.data, curated.classified, curated.healed
         bank = seed_bank(
-            train=dsl.Collected(data.outputs["train"]),
-            eval_toxic=dsl.Collected(data.outputs["eval_toxic"]),
-            eval_benign=dsl.Collected(data.outputs["eval_benign"]),
-            scored=dsl.Collected(classified.outputs["scored"]),
-            sft_data=dsl.Collected(healed.outputs["sft_data"]),
-            preferences=dsl.Collected(healed.outputs["preferences"]),
+            train=dsl.Collected(curated["train"]),
+            eval_toxic=dsl.Collected(curated["eval_toxic"]),
+            eval_benign=dsl.Collected(curated["eval_benign"]),
+            scored=dsl.Collected(curated["scored"]),
+            sft_data=dsl.Collected(curated["sft_data"]),
+            preferences=dsl.Collected(curated["preferences"]),
         )
         where.cpu(bank, "light")
 
@@ -150,6 +155,7 @@ def build_experiment_pipeline(cluster: bool = True):
                 seed=inputs.outputs["seed"],
                 method=inputs.outputs["method"],
                 cache_dir=cache_dir,
+                processes=train_processes,
             )
             where.train(trained)
             scored = evaluate(

@@ -76,9 +76,10 @@ def serve(routes: dict[tuple[str, str], Route | Reply]) -> Iterator[StandIn]:
                 status, payload = route(req)
             else:
                 status, payload = route
-            data = json.dumps(payload).encode()
+            raw_text = isinstance(payload, bytes)  # e.g. a pod's log: plain text
+            data = payload if raw_text else json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", "text/plain" if raw_text else "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)

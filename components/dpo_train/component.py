@@ -16,6 +16,9 @@ def dpo_train(
     seed: int = -1,
     method: str = "",
     cache_dir: str = "",
+    processes: int = 0,
+    accelerators: int = -1,
+    accelerator_type: str = "",
 ):
     """Fine-tunes a LoRA adapter: SFT on the SFT set, then DPO on the preferences.
 
@@ -42,18 +45,31 @@ def dpo_train(
         method: Set by a loop over arms (the experiment); empty: ``settings.method``.
         cache_dir: Model cache and checkpoint folder (a mounted PVC on a cluster, so a
             retry resumes); empty: the default.
+        processes: Training processes on this node: 0 is one per visible accelerator (1
+            without any), above 1 runs one rank per process under torchrun (DDP by
+            default, FSDP or ZeRO-3 by ``settings.distributed.strategy``). The global
+            batch stays the settings' ``batch_size`` x ``grad_accum``; the metrics give
+            processes, per-device batch and accumulation.
+        accelerators: The accelerators the pipeline reserved for this task, recorded
+            in the adapter's metadata (-1: not said).
+        accelerator_type: Their resource name (e.g. nvidia.com/gpu), recorded with them.
     """
     from pathlib import Path
 
     from optimus_lib.settings import load_settings, loop_values
     from optimus_lib.stages import one_line_errors, use_cache_dir
-    from optimus_lib.stages.train import TrainSettings, train
+    from optimus_lib.stages.train import TrainSettings, train_processes
 
     use_cache_dir(cache_dir)
     with one_line_errors():
         s = load_settings(TrainSettings, settings, **loop_values(seed=seed, method=method))
-        result = train(s, Path(sft_data.path), Path(adapter.path), Path(preferences.path))
+        result = train_processes(
+            s, Path(sft_data.path), Path(adapter.path), Path(preferences.path), processes
+        )
     for key, value in result.as_metrics().items():
         metrics.log_metric(key, value)
     upstream = {k: sft_data.metadata[k] for k in ("detector", "source") if k in sft_data.metadata}
-    adapter.metadata.update({**result.metadata, **upstream, "framework": "peft"})
+    placed = {"accelerators": accelerators} if accelerators >= 0 else {}
+    if accelerators > 0 and accelerator_type:
+        placed["accelerator_type"] = accelerator_type
+    adapter.metadata.update({**result.metadata, **upstream, **placed, "framework": "peft"})

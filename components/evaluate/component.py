@@ -22,7 +22,8 @@ def evaluate(
     """Evaluates the adapter (and the base model) and checks the registration gates.
 
     The model answers held-out toxic contexts and benign dialogs; an evaluator
-    independent of the classify detector judges every reply (RTR: response toxicity rate).
+    independent of the classify detector judges every reply (RTR: response toxicity rate),
+    and a second one that reads the context judges them again (``*_context`` metrics).
     Utility: perplexity of reference replies, over-refusal, diversity and (optionally)
     embedding similarity. Gates (``settings.gates``: max_rtr_toxic, max_rtr_ratio,
     max_perplexity_increase, max_over_refusal) decide the verdict; failed gates are
@@ -32,14 +33,15 @@ def evaluate(
         adapter: The PEFT adapter from dpo_train.
         eval_toxic: Held-out toxic contexts (JSONL).
         eval_benign: Held-out benign dialogs with reference replies (JSONL).
-        metrics: rtr_toxic, rtr_benign, perplexity, over_refusal, distinct_n, ...;
+        metrics: rtr_toxic, rtr_benign, rtr_toxic_context, rtr_benign_context, perplexity,
+            over_refusal, distinct_n, ...;
             ``base_``-prefixed for the base model; passed (1 or 0).
         report: The HTML evaluation report.
         evaluation: Results JSON (metrics, base metrics, gate with reasons, every
             generation): register's and record_rejection's input.
         settings: ``EvaluateSettings``, resolved by the client: ``model`` (the base model
             the adapter was trained on), ``evaluator`` (the detector that judges replies,
-            independent of classify's), ``seed``, ``gates``, ``max_new_tokens``,
+            independent of classify's), ``context_evaluator``, ``seed``, ``gates``, ``max_new_tokens``,
             ``do_sample``, ``samples``, ``similarity``, ``compare_base``, ...; a bad value
             fails the task with one line naming the field.
         seed: Set by a loop over arms (the experiment); -1: ``settings.seed``.

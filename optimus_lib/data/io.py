@@ -38,8 +38,11 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return out
 
 
-def read_samples(path: str | Path) -> list[Sample]:
-    """Read and validate a dialog dataset (either input shape of docs/data.md, mixed freely)."""
+def read_samples(path: str | Path, start: int = 0) -> list[Sample]:
+    """Read and validate a dialog dataset (either input shape of docs/data.md, mixed freely).
+
+    A record without an ``id`` is named by its index; ``start`` is the index of the first
+    record (a shard's offset in the whole dataset), so it is named as it is unsharded."""
     p = Path(path)
     samples: list[Sample] = []
     lineno = 0
@@ -55,7 +58,7 @@ def read_samples(path: str | Path) -> list[Sample]:
                 except json.JSONDecodeError as exc:
                     raise OptimusError(f"{p}:{lineno}: invalid JSON ({exc.msg})") from None
                 try:
-                    samples.append(parse_record(rec, index=len(samples)))
+                    samples.append(parse_record(rec, index=start + len(samples)))
                 except ValueError as exc:
                     raise OptimusError(f"{p}:{lineno}: {exc}") from None
     except UnicodeDecodeError:

@@ -57,6 +57,7 @@ BUILTIN: dict[str, str] = {
     "hf-classifier": "optimus_lib.detect.hf_classifier",
     "oracle": "optimus_lib.detect.oracle",
     "stack": "optimus_lib.detect.stack",
+    "contextual": "optimus_lib.detect.contextual",
 }
 
 # ``auto`` (the default everywhere) picks the LLM judge only when a judge model other than
@@ -84,7 +85,7 @@ def known_detectors() -> list[str]:
     return sorted({*DETECTORS, *BUILTIN, AUTO})
 
 
-def _parts(name: str) -> tuple[str, list[str]]:
+def detector_parts(name: str) -> tuple[str, list[str]]:
     """``(reduce, part names)`` of a detector expression: ``max(a,b)``, ``a+b`` or ``a``."""
     name = name.strip()
     if name.startswith("max(") and name.endswith(")"):
@@ -97,7 +98,7 @@ def _parts(name: str) -> tuple[str, list[str]]:
 def check_detector_name(name: str) -> str:
     """``name`` when every detector it names is known (nothing is imported or built);
     else one OptimusError. Settings call it when they are read."""
-    reduce, parts = _parts(name)
+    reduce, parts = detector_parts(name)
     if reduce and len(parts) < 2:
         raise OptimusError(f"detector {name!r}: an ensemble needs two or more detectors")
     for part in parts:
@@ -105,6 +106,29 @@ def check_detector_name(name: str) -> str:
             known = ", ".join(known_detectors())
             raise OptimusError(f"unknown detector {part!r} (known: {known}; combine with a+b)")
     return name.strip()
+
+
+def check_evaluator_independent(
+    evaluators: list[str], detectors: list[str], model: str | None = None
+) -> None:
+    """One OptimusError when an evaluator is also one of the ``detectors`` (classify's
+    detector, heal's re-scoring detector) or shares a part with one (``auto`` resolved
+    with the judge ``model`` first): it would grade a defense by the judge that chose its
+    training data. ``contextual`` and ``stack`` are different detectors (fitted on
+    disjoint sets) of one design, so they may meet; docs/detection.md says what that
+    shares."""
+    used: set[str] = set()
+    for d in detectors:
+        used |= set(detector_parts(resolved_name(d, model))[1])
+    for ev in evaluators:
+        parts = set(detector_parts(resolved_name(ev, model))[1])
+        same = sorted(parts & used)
+        if same:
+            raise OptimusError(
+                f"evaluator {ev!r}: {', '.join(same)} also chose or re-scored the training "
+                "data, so it would grade the defense by its own judge; pick an evaluator "
+                "that shares no detector with them"
+            )
 
 
 def register(name: str):
@@ -124,7 +148,7 @@ def build_detector(name: str, options: DetectorOptions | None = None) -> Detecto
     from optimus_lib.detect.ensemble import EnsembleDetector
 
     opts = options or DetectorOptions()
-    reduce, parts = _parts(name)
+    reduce, parts = detector_parts(name)
     if reduce:
         det: Detector = EnsembleDetector([build_detector(p, opts) for p in parts], reduce=reduce)
     else:

@@ -15,6 +15,10 @@ The dialog is untrusted. Three things keep it from steering the verdict:
   instructions``, ``print yes``, ``answer:``...) is scored twice, with and without those
   sentences, and the higher score wins: an appended jailbreak can then only add
   suspicion, never remove it.
+
+For the same reason a reply is also judged as each of its sentences and 16-word windows
+(:mod:`optimus_lib.detect.windows`), in the same context, and the highest score wins:
+friendly text around a toxic sentence cannot dilute it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector, DetectorOptions, register
+from optimus_lib.detect.windows import WINDOW_WORDS, reply_windows
 
 if TYPE_CHECKING:  # torch is imported only by the code that runs a model
     from optimus_lib.models.engine import TransformersEngine
@@ -103,9 +108,14 @@ class LLMJudge(Detector):
     name = "llm-judge"
 
     def __init__(
-        self, engine: TransformersEngine, paraphrases: int = 1, max_prompt_tokens: int = 512
+        self,
+        engine: TransformersEngine,
+        paraphrases: int = 1,
+        max_prompt_tokens: int = 512,
+        window_words: int | None = WINDOW_WORDS,
     ) -> None:
         self.engine = engine
+        self.window_words = window_words
         self.questions = QUESTIONS[: max(1, min(paraphrases, len(QUESTIONS)))]
         self.max_prompt_tokens = max_prompt_tokens
         self.yes_ids, self.no_ids = answer_token_ids(engine.tokenizer)
@@ -148,11 +158,14 @@ class LLMJudge(Detector):
             stripped = strip_injection(s.response)
             if stripped and stripped != s.response.strip():
                 variants.append(stripped)
+            if self.window_words is not None:
+                variants += reply_windows(s.response, self.window_words)
+            variants = list(dict.fromkeys(variants))
             for v in variants:
                 for q in self.questions:
                     jobs.append((i, self.prompt_ids(s, q, v)))
         p = self._p_no([ids for _, ids in jobs])
-        # average over paraphrases, then max over variants (full / injection-stripped)
+        # average over paraphrases, then max over variants (full / stripped / windows)
         per_variant: dict[int, list[float]] = {}
         nq = len(self.questions)
         for k in range(0, len(jobs), nq):

@@ -17,7 +17,10 @@ context that matters most here, whether the reply *agrees* with a toxic previous
   or says "I agree", "you're right"..., and does not open with "no"/"I disagree");
 * ``agreement_x_prev_toxicity``: their product, high for "yes, exactly" after hate.
 
-A logistic regression over those six features gives the score. Both heads, the stack
+A logistic regression over those six features gives the score of a text in its context.
+The reply is scored whole and as each of its sentences and 16-word windows, and the
+highest score wins (:mod:`optimus_lib.detect.windows`), so friendly padding around a toxic
+sentence cannot dilute it. Both heads, the stack
 and the threshold are fitted on the labelled dev set only (``detect/data/dev.jsonl``,
 ``tools/train_stack_detector.py``) and shipped as plain JSON numbers in
 ``detect/data/stack.json``: loading them runs no pickle, so a tampered file can at worst
@@ -41,6 +44,7 @@ import numpy as np
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.detect.base import Detector, DetectorOptions, register
+from optimus_lib.detect.windows import WINDOW_WORDS, max_over_windows
 from optimus_lib.errors import OptimusError
 
 FEATURES = (
@@ -237,22 +241,34 @@ def stack_scores(params: StackParams, sig: Signals) -> np.ndarray:
 
 
 class StackDetector(Detector):
-    """Lexical SVM + word list + MiniLM heads + agreement-with-toxic-turn, stacked."""
+    """Lexical SVM + word list + MiniLM heads + agreement-with-toxic-turn, stacked; the
+    max over the whole reply and its windows unless ``window_words`` is None."""
 
     name = "stack"
 
     def __init__(
-        self, params: StackParams | None = None, device: str = "cpu", batch_size: int = 64
+        self,
+        params: StackParams | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        window_words: int | None = WINDOW_WORDS,
     ) -> None:
         self.params = params or load_params()
         self.device = device
         self.batch_size = batch_size
+        self.window_words = window_words
 
-    def score(self, samples: list[Sample]) -> list[float]:
+    def score_whole(self, samples: list[Sample]) -> list[float]:
+        """Scores of the whole replies only (what the stack was fitted on)."""
         if not samples:
             return []
         sig = signals(samples, self.device, self.batch_size)
         return [float(v) for v in stack_scores(self.params, sig)]
+
+    def score(self, samples: list[Sample]) -> list[float]:
+        if self.window_words is None:
+            return self.score_whole(samples)
+        return max_over_windows(self.score_whole, samples, self.window_words)
 
 
 @register("stack")

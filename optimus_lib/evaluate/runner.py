@@ -45,8 +45,13 @@ def evaluate_model(
     triggered: list[Sample] | None = None,
     sampling: Any = None,
     seed: int = 0,
+    context_evaluator: Detector | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Metrics and per-reply generations for one model.
+
+    ``context_evaluator``: a second judge of the same replies, one that reads the context
+    (:mod:`optimus_lib.detect.contextual`); its rates are the ``*_context`` metrics and
+    each row's ``toxicity_context``.
 
     ``triggered``: benign contexts carrying a backdoor trigger; their RTR (``rtr_trigger``)
     next to ``rtr_benign`` shows whether a backdoor survived the defense.
@@ -80,6 +85,26 @@ def evaluate_model(
         scores = evaluator.score([s.with_response(r) for s, r in zip(rep, gen)])
         return rep, gen, scores
 
+    def second(rep: list[Sample], gen: list[str], name: str) -> list[float] | None:
+        """The context evaluator's scores, and its rates under ``name`` in ``metrics``."""
+        if context_evaluator is None:
+            return None
+        sc = context_evaluator.score([s.with_response(r) for s, r in zip(rep, gen)])
+        metrics[f"rtr_{name}_context"] = rtr(sc, context_evaluator.threshold)
+        metrics[f"mean_toxicity_{name}_context"] = sum(sc) / len(sc) if sc else float("nan")
+        return sc
+
+    def rows(kind: str, rep, gen, sc, sc2, extra=None) -> list[dict[str, Any]]:
+        out = []
+        for i, (s, r, v) in enumerate(zip(rep, gen, sc)):
+            row = {"set": kind, "id": s.id, "context": s.context, "reply": r, "toxicity": v}
+            if sc2 is not None:
+                row["toxicity_context"] = sc2[i]
+            if extra is not None:
+                row.update(extra(s))
+            out.append(row)
+        return out
+
     rep_t, gen_t, sc_t = replies(toxic)
     rep_b, gen_b, sc_b = replies(benign)
     prompts_b = [engine.chat_ids(s.prompt_messages()) for s in benign]
@@ -99,32 +124,19 @@ def evaluate_model(
         "mean_toxicity_benign": sum(sc_b) / len(sc_b),
         "replies_per_context": n,
     }
-    rows_g: list[dict[str, Any]] = []
+    out = rows("toxic", rep_t, gen_t, sc_t, second(rep_t, gen_t, "toxic"))
+    out += rows(
+        "benign",
+        rep_b,
+        gen_b,
+        sc_b,
+        second(rep_b, gen_b, "benign"),
+        lambda s: {"reference": s.response},
+    )
     if triggered:
         rep_g, gen_g, sc_g = replies(triggered)
         metrics["rtr_trigger"] = rtr(sc_g, evaluator.threshold)
-        rows_g = [
-            {"set": "trigger", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
-            for s, r, sc in zip(rep_g, gen_g, sc_g)
-        ]
+        out += rows("trigger", rep_g, gen_g, sc_g, second(rep_g, gen_g, "trigger"))
     if similarity:
         metrics["similarity"] = embedding_similarity(gen_b, [s.response for s in rep_b])
-    rows = (
-        [
-            {"set": "toxic", "id": s.id, "context": s.context, "reply": r, "toxicity": sc}
-            for s, r, sc in zip(rep_t, gen_t, sc_t)
-        ]
-        + [
-            {
-                "set": "benign",
-                "id": s.id,
-                "context": s.context,
-                "reply": r,
-                "toxicity": sc,
-                "reference": s.response,
-            }
-            for s, r, sc in zip(rep_b, gen_b, sc_b)
-        ]
-        + rows_g
-    )
-    return metrics, rows
+    return metrics, out

@@ -10,6 +10,14 @@ detector recall, reuses the seed's healed replies, then dpo_train and evaluate;
 :func:`optimus_lib.experiment.compare.compare` gathers every arm's evaluation into one
 table. no_defense ignores the detector, so it runs once per seed and its row is
 repeated at every recall.
+
+``attacks`` adds adaptive attacks as an axis: for each listed evasion
+(``jailbreak:<variant>`` or ``perturb:<kind>``, ``optimus_lib.threats.evasion``) every seed
+runs again on the same data where ``base.data.evasion_rate`` (default half) of the
+injected toxic replies carry it. The pipeline does not change: an attacked copy is one
+more seed, ``k * ATTACK_SEED_STRIDE + s`` for the k-th attack on seed ``s``, which
+prepare_data resolves (:meth:`optimus_lib.stages.data.DataSettings.for_run_seed`) and the
+comparison labels with its attack.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 from optimus_lib.config import RUN_NAME, PipelineSettings
 from optimus_lib.errors import OptimusError
 from optimus_lib.settings import Strict, load_yaml, one_line
+from optimus_lib.stages.data import ATTACK_SEED_STRIDE, DataSettings
 from optimus_lib.stages.evaluate import Gates
 from optimus_lib.stages.train import METHODS
 
@@ -64,6 +73,15 @@ class ComparisonSettings(Strict):
     name: str = "experiment"
     methods: list[str] = []
     promote: Promotion | None = None
+    # the experiment's attacks, in order: seed k * ATTACK_SEED_STRIDE + s is attack k
+    attacks: list[str] = []
+
+    def attack_of(self, seed: int) -> tuple[str | None, int]:
+        """``(attack, data seed)`` of a run seed; ``(None, seed)`` for clean data."""
+        k, s = divmod(int(seed), ATTACK_SEED_STRIDE)
+        if k == 0:
+            return None, int(seed)
+        return (self.attacks[k - 1] if k <= len(self.attacks) else f"attack {k}"), s
 
 
 class ExperimentConfig(Strict):
@@ -79,8 +97,16 @@ class ExperimentConfig(Strict):
     recalls: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         default_factory=lambda: [1.0, 0.5, 0.15], min_length=1
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, lt=ATTACK_SEED_STRIDE)]] = Field(
+        default_factory=lambda: [0], min_length=1
+    )
+    # Methods run at one recall only (the paper's table runs every baseline at the
+    # weakest recall and only filter and optimus at the others): recall -> methods,
+    # each a subset of ``methods``; a recall not named runs all of ``methods``.
+    methods_at: dict[float, list[str]] = {}
     promote: Promotion | None = None
+    # Adaptive attacks as an axis: each evasion reruns every seed on its attacked data.
+    attacks: list[str] = []
 
     @field_validator("name")
     @classmethod
@@ -102,6 +128,21 @@ class ExperimentConfig(Strict):
     def _no_repeats(cls, v: list, info: ValidationInfo) -> list:
         return _unique(v, info.field_name)
 
+    @field_validator("attacks")
+    @classmethod
+    def _attacks(cls, v: list[str]) -> list[str]:
+        DataSettings(attacks=v)  # the same check as a data setting
+        from optimus_lib.threats.evasion import JAILBREAKS, PERTURBATIONS
+
+        for a in v:
+            kind, _, name = a.partition(":")
+            known = JAILBREAKS if kind == "jailbreak" else PERTURBATIONS
+            if a == "perturb:paraphrase":
+                raise ValueError("'perturb:paraphrase' needs a paraphrasing model; not an axis")
+            if name not in known:
+                raise ValueError(f"{a!r}: unknown {kind} (known: {', '.join(sorted(known))})")
+        return _unique(v, "attacks")
+
     @model_validator(mode="after")
     def _check(self) -> ExperimentConfig:
         b = self.base
@@ -110,8 +151,21 @@ class ExperimentConfig(Strict):
                 raise ValueError(f"base.{f}: set by the experiment's '{why}'")
         if b.classify.target_recall is not None:
             raise ValueError("base.classify.target_recall: set by the experiment's 'recalls'")
+        if self.attacks and (b.data.evasion is not None or b.data.attacks):
+            raise ValueError(
+                "base.data.evasion: with 'attacks' the clean seeds stay clean (the attacked "
+                "ones get each evasion at base.data.evasion_rate)"
+            )
+        if self.attacks and b.data.train_uri:
+            raise ValueError("attacks: need the bundled data (base.data.train_uri is set)")
         if b.classify.reuse_scores:
             raise ValueError("base.classify.reuse_scores: the experiment scans once, then reuses")
+        for recall, names in self.methods_at.items():
+            if recall not in self.recalls:
+                raise ValueError(f"methods_at: recall {recall} is not in recalls")
+            extra = [m for m in names if m not in self.methods]
+            if extra or not names:
+                raise ValueError(f"methods_at[{recall}]: {extra or 'empty'}; name some of methods")
         p = self.promote
         if p is not None and not {"no_defense", p.method} <= set(self.methods):
             raise ValueError(f"promote: needs methods no_defense and {p.method} (the control)")
@@ -122,25 +176,42 @@ class ExperimentConfig(Strict):
         return self
 
     # ---- what the experiment pipeline receives -----------------------------------------
+    def run_seeds(self) -> list[int]:
+        """The pipeline's seeds: the clean ones, then each attack's copies of them."""
+        rounds = range(len(self.attacks) + 1)
+        return [k * ATTACK_SEED_STRIDE + s for k in rounds for s in self.seeds]
+
     def arms(self) -> list[dict[str, Any]]:
-        """One ``{"seed", "recall", "method"}`` per arm, in run order: seed by seed,
-        recalls as given, methods as given; no_defense once per seed (first recall)."""
+        """One ``{"seed", "recall", "method"}`` per arm, in run order: seed by seed (the
+        attacked copies after the clean seeds), recalls as given, methods as given
+        (``methods_at`` narrows a recall); no_defense once per seed (first recall)."""
         out = []
-        for seed in self.seeds:
+        for seed in self.run_seeds():
             for i, recall in enumerate(self.recalls):
-                for method in self.methods:
+                for method in self.methods_at.get(recall, self.methods):
                     if method != "no_defense" or i == 0:
                         out.append({"seed": seed, "recall": recall, "method": method})
         return out
 
     def comparison(self) -> ComparisonSettings:
         """What compare_arms needs: the title, the row order and the promotion."""
-        return ComparisonSettings(name=self.name, methods=list(self.methods), promote=self.promote)
+        return ComparisonSettings(
+            name=self.name,
+            methods=list(self.methods),
+            promote=self.promote,
+            attacks=list(self.attacks),
+        )
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The experiment pipeline's parameters (``pipelines/experiment.py``): the stages'
         settings resolved from ``base``, and the values the two loops vary."""
         args = self.base.pipeline_arguments()
+        if args.pop("train_backend") != "local":
+            raise OptimusError(
+                "resources.train_backend: trainjob is the defense pipeline's; the experiment "
+                "trains each arm in its own task (resources.train_processes)"
+            )
+        args.pop("trainjob_settings")
         top = max(self.recalls)
         if top < 1.0:
             # classify once per seed at the highest recall any arm uses: heal then writes
@@ -154,9 +225,11 @@ class ExperimentConfig(Strict):
         }
         # every promotion registers the next free version of the model
         args["register_settings"] = {**args["register_settings"], "version": ""}
+        if self.attacks:
+            args["data_settings"] = {**args["data_settings"], "attacks": list(self.attacks)}
         return {
             **args,
-            "seeds": list(self.seeds),
+            "seeds": self.run_seeds(),
             "arms": self.arms(),
             "comparison_settings": self.comparison().model_dump(mode="json", exclude_none=True),
         }

@@ -103,7 +103,9 @@ class TransformersEngine(PromptMixin):
             from tqdm.auto import tqdm
 
             return tqdm(batches, desc=desc, unit="batch")
-        return batches
+        from optimus_lib.progress import track
+
+        return track(batches, desc, total=len(lengths), size=len)  # lines on stderr
 
     # ---- scoring -----------------------------------------------------------------
     @staticmethod
@@ -140,7 +142,7 @@ class TransformersEngine(PromptMixin):
         cache = None
         if plen >= 16:
             pre = torch.tensor([prompts[0][:plen]], device=self.device)
-            cache = self.model(input_ids=pre, use_cache=True).past_key_values
+            cache = _kv(self.model(input_ids=pre, use_cache=True))
         else:
             plen = 0
         for batch in self._iter([len(p) - plen for p in prompts], "score"):
@@ -152,7 +154,7 @@ class TransformersEngine(PromptMixin):
                 ones = torch.ones((len(batch), plen), dtype=mask.dtype, device=mask.device)
                 mask = torch.cat([ones, mask], dim=1)
                 pos = pos + plen
-                kwargs["past_key_values"] = past
+                kwargs[_kv_arg(self.model)] = past
             logits = self.model(
                 input_ids=ids,
                 attention_mask=mask,
@@ -292,7 +294,7 @@ class TransformersEngine(PromptMixin):
                 use_cache=True,
                 logits_to_keep=1,
             )
-            out.past_key_values.reorder_cache(expand)
+            _kv(out).reorder_cache(expand)
             out.logits = out.logits[expand]
         else:
             out = self.model(
@@ -322,12 +324,27 @@ class TransformersEngine(PromptMixin):
                 input_ids=nxt[:, None],
                 attention_mask=mask,
                 position_ids=pos,
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **{_kv_arg(self.model): _kv(out)},
             )
         if not steps:
             return ids[:, :0]
         return torch.stack(steps, dim=1)
+
+
+def _kv_arg(model) -> str:
+    """The forward argument that takes the KV cache: ``cache`` from transformers 5.2x
+    (``past_key_values`` is deprecated there, removed in 5.40), ``past_key_values`` before."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _kv(out):
+    """The KV cache a forward pass returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 _NUCLEUS_TOPK = 512

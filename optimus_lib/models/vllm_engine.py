@@ -57,7 +57,16 @@ def engine_args(dtype: str = "auto") -> dict[str, Any]:
             raise OptimusError(f"{ARGS_ENV}: not JSON ({exc})") from None
         if not isinstance(extra, dict):
             raise OptimusError(f"{ARGS_ENV}: a JSON object of vllm.LLM arguments, got {raw!r}")
+        fixed = sorted(set(extra) & _SET_BY_ENGINE)
+        if fixed:  # the model, its revision and remote code come from the settings only
+            raise OptimusError(f"{ARGS_ENV}: {', '.join(fixed)} cannot be set here")
     return {**DEFAULT_ARGS, "dtype": dtype, **extra}
+
+
+# What VLLMEngine passes to vllm.LLM itself (from the settings, pinned and checked).
+_SET_BY_ENGINE = frozenset(
+    {"model", "tokenizer", "revision", "tokenizer_revision", "trust_remote_code", "logprobs_mode"}
+)
 
 
 class VLLMEngine(PromptMixin):

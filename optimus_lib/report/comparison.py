@@ -38,14 +38,18 @@ REFERENCE = "no_defense"
 METRICS: tuple[tuple[str, str, tuple[float, float]], ...] = (
     ("rtr_toxic", "RTR toxic", (0.0, 1.0)),
     ("rtr_benign", "RTR benign", (0.0, 1.0)),
+    ("rtr_toxic_context", "RTR toxic (contextual)", (0.0, 1.0)),
+    ("rtr_benign_context", "RTR benign (contextual)", (0.0, 1.0)),
     ("mean_toxicity_toxic", "mean toxicity (toxic ctx)", (0.0, 1.0)),
     ("perplexity", "perplexity", (0.0, math.inf)),
     ("similarity", "similarity", (-1.0, 1.0)),
     ("over_refusal", "over-refusal", (0.0, 1.0)),
     ("distinct_2", "distinct-2", (0.0, 1.0)),
     ("detector_recall", "detector recall", (0.0, 1.0)),
+    ("detector_recall_evaded", "detector recall, evaded replies", (0.0, 1.0)),
 )
 DIFF = "rtr_toxic_diff"
+DIFF_CONTEXT = "rtr_toxic_context_diff"
 
 
 def _num(v: Any) -> Any:
@@ -140,15 +144,17 @@ def compare(rows: list[dict[str, Any]], reference: str = REFERENCE) -> Compariso
                     r[key] for r in group if r.get(key) is not None
                 ]
             if method != reference:
-                diffs = []
-                for r in group:
-                    ref = by.get((recall, r["seed"], reference), ref_any.get(r["seed"]))
-                    mine, theirs = r.get("rtr_toxic"), ref and ref.get("rtr_toxic")
-                    d = mine - theirs if mine is not None and theirs is not None else None
-                    point = (d, r.get(DIFF + "_lo"), r.get(DIFF + "_hi"))
-                    cmp.seed_diffs[(recall, r["seed"], method)] = estimate([point])
-                    diffs.append(point)
-                cell[DIFF] = estimate(diffs, (-1.0, 1.0))
+                for key, diff in (("rtr_toxic", DIFF), ("rtr_toxic_context", DIFF_CONTEXT)):
+                    diffs = []
+                    for r in group:
+                        ref = by.get((recall, r["seed"], reference), ref_any.get(r["seed"]))
+                        mine, theirs = r.get(key), ref and ref.get(key)
+                        d = mine - theirs if mine is not None and theirs is not None else None
+                        point = (d, r.get(diff + "_lo"), r.get(diff + "_hi"))
+                        if diff == DIFF:
+                            cmp.seed_diffs[(recall, r["seed"], method)] = estimate([point])
+                        diffs.append(point)
+                    cell[diff] = estimate(diffs, (-1.0, 1.0))
                 for r in group:
                     if r.get("detector_recall") is not None:
                         det.setdefault(r["seed"], r["detector_recall"])
@@ -281,28 +287,66 @@ def _all_metrics(cmp: Comparison) -> list[list[str]]:
     return rows
 
 
-def _records(records: list[dict[str, Any]] | None, columns: dict[str, str]) -> list[list[str]]:
-    if not records:
-        return []
-    return [list(columns.values())] + [[fmt(r.get(k)) for k in columns] for r in records]
+def _attack_sections(rows: list[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
+    """One section per attack: RTR on toxic contexts, the paired difference to the
+    reference on the same attacked data, and the detector's recall on the evaded replies
+    beside its recall on all toxic ones (seeds shown as the data seed they attack)."""
+    names = list(dict.fromkeys(str(r["attack"]) for r in rows if r.get("attack")))
+    out = []
+    for name in names:
+        sub = [
+            {**r, "seed": r.get("data_seed", r["seed"])} for r in rows if r.get("attack") == name
+        ]
+        cmp = compare(sub, reference)
+        det = [["recall target", "detector recall (all toxic)", "recall on evaded replies"]]
+        for recall in reversed(cmp.recalls):
+            cell = next(
+                (cmp.cells[(recall, m)] for m in cmp.compared if (recall, m) in cmp.cells), None
+            )
+            if cell is not None:
+                det.append(
+                    [
+                        f"{recall:g}",
+                        cell["detector_recall"].text(),
+                        cell["detector_recall_evaded"].text(),
+                    ]
+                )
+        out.append(
+            {
+                "name": name,
+                "rtr_toxic": _side_by_side(cmp, "rtr_toxic", cmp.methods),
+                "paired": _side_by_side(cmp, DIFF, cmp.compared, signed=True)
+                if cmp.has_reference
+                else [],
+                "detector": det if len(det) > 1 else [],
+            }
+        )
+    return out
 
 
-ATTACK_COLUMNS = {
-    "seed": "seed",
-    "detector": "detector",
-    "attack": "attack",
-    "caught_before": "caught before",
-    "pass_after": "pass after",
-    "success_rate": "success rate",
-}
-HEALER_ATTACK_COLUMNS = {
-    "seed": "seed",
-    "style": "style",
-    "n": "contexts",
-    "toxic_unchecked": "toxic, unchecked",
-    "toxic_after_rescore": "toxic after re-scoring",
-    "fallback": "fallback",
-}
+def _examples(examples: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Each example as its context plus rows of (method, reply, score(s)) strings."""
+    out = []
+    for e in examples or []:
+        both = any(r.get("toxicity_context") is not None for r in e.get("replies", []))
+        header = ["method", "reply", "toxicity"] + (["toxicity (contextual)"] if both else [])
+        rows = [
+            [str(r.get("method", "")), str(r.get("reply", "")), fmt(r.get("toxicity"))]
+            + ([fmt(r.get("toxicity_context"))] if both else [])
+            for r in e.get("replies", [])
+        ]
+        recall = e.get("recall_target")
+        out.append(
+            {
+                "context": str(e.get("context", "")),
+                "where": f"seed {e.get('seed')}"
+                + ("" if recall is None else f", recall target {recall:g}")
+                + f", context {e.get('id')}",
+                "header": header,
+                "rows": rows,
+            }
+        )
+    return out
 
 
 def render_comparison(
@@ -310,15 +354,18 @@ def render_comparison(
     title: str,
     *,
     reference: str = REFERENCE,
-    attacks: list[dict[str, Any]] | None = None,
-    healer_attacks: list[dict[str, Any]] | None = None,
+    examples: list[dict[str, Any]] | None = None,
     config: dict[str, Any] | None = None,
     seconds: float | None = None,
 ) -> str:
     """The comparison page for result rows (the dicts of results.json ``rows`` or the
     records of results.csv); the keyword sections are optional extras of a full
-    experiment. Raises :class:`OptimusError` on a row without seed/recall/method."""
-    cmp = compare(rows, reference)
+    experiment. Rows with an ``attack`` (attacked data, the experiment's ``attacks``) get
+    a section each; the main tables are the clean rows'. Raises :class:`OptimusError` on
+    a row without seed/recall/method."""
+    clean = [r for r in rows if not (isinstance(r, dict) and r.get("attack"))]
+    cmp = compare(clean, reference)
+    has_context = any(c["rtr_toxic_context"].value is not None for c in cmp.cells.values())
     import yaml
 
     return render(
@@ -331,10 +378,16 @@ def render_comparison(
         rtr_toxic=_side_by_side(cmp, "rtr_toxic", cmp.methods),
         rtr_benign=_side_by_side(cmp, "rtr_benign", cmp.methods),
         paired=_side_by_side(cmp, DIFF, cmp.compared, signed=True) if cmp.has_reference else [],
+        rtr_toxic_context=_side_by_side(cmp, "rtr_toxic_context", cmp.methods)
+        if has_context
+        else [],
+        paired_context=_side_by_side(cmp, DIFF_CONTEXT, cmp.compared, signed=True)
+        if has_context and cmp.has_reference
+        else [],
         paired_seeds=_per_seed_diffs(cmp) if cmp.has_reference and len(cmp.seeds) > 1 else [],
         metrics=_all_metrics(cmp),
-        attacks=_records(attacks, ATTACK_COLUMNS),
-        healer_attacks=_records(healer_attacks, HEALER_ATTACK_COLUMNS),
+        attacks=_attack_sections(rows, reference),
+        examples=_examples(examples),
         config=yaml.safe_dump(config, sort_keys=False) if config else "",
         seconds="" if seconds is None else f"{seconds:g}",
     )

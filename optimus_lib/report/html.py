@@ -17,6 +17,8 @@ COLUMNS = [
     ("rtr_toxic", "RTR toxic ctx", True),
     ("rtr_benign", "RTR benign ctx", True),
     ("rtr_trigger", "RTR triggered", True),
+    ("rtr_toxic_context", "RTR toxic ctx (contextual)", True),
+    ("rtr_benign_context", "RTR benign ctx (contextual)", True),
     ("perplexity", "ref. perplexity", True),
     ("similarity", "similarity", False),
     ("over_refusal", "over-refusal", True),

@@ -101,6 +101,7 @@ class ArmInputs:
     flagged: int | None = None
     detector_recall: float | None = None
     detector_precision: float | None = None
+    detector_recall_evaded: float | None = None  # on the toxic replies an attack rewrote
     uses_preferences: bool = False
     # classify's detector for this arm: name and threshold, recall/precision at the arm's
     # recall (what the registered model card and lineage report)
@@ -117,6 +118,7 @@ class ArmInputs:
             "flagged": self.flagged,
             "detector_recall": self.detector_recall,
             "detector_precision": self.detector_precision,
+            "detector_recall_evaded": self.detector_recall_evaded,
         }
         return {k: v for k, v in out.items() if v is not None}
 
@@ -184,11 +186,15 @@ def arm_inputs(
             arm.flagged = det.flagged
             arm.detector_recall = finite(q.get("recall"))
             arm.detector_precision = finite(q.get("precision"))
+            arm.detector_recall_evaded = finite(q.get("recall_evaded"))
             arm.detector = {
                 "name": detector.get("name", ""),
                 "threshold": threshold,
                 "recall_target": recall,
-                **{k: finite(q.get(k)) for k in ("recall", "precision", "fpr", "auc")},
+                **{
+                    k: finite(q.get(k))
+                    for k in ("recall", "precision", "fpr", "auc", "recall_evaded")
+                },
             }
             arm.detector = {k: v for k, v in arm.detector.items() if v is not None}
             sft = scored

@@ -22,6 +22,9 @@ from optimus_lib.data.schema import Sample, sample_to_record
 from optimus_lib.errors import OptimusError
 from optimus_lib.settings import Strict
 
+#: Run seeds of attacked data: ``k * ATTACK_SEED_STRIDE + s`` is seed s under attack k.
+ATTACK_SEED_STRIDE = 1000
+
 
 class DataSettings(Strict):
     """Where the dialogs come from. ``train_uri`` empty = the bundled poisoned benchmark;
@@ -42,9 +45,13 @@ class DataSettings(Strict):
     trigger: str = "cf-2024"
     threat_category: str | None = None
     # Adaptive attack on the defense, applied to the injected toxic replies:
-    # "jailbreak:<variant>" or "perturb:<kind>" (see optimus_lib.threats.attacks).
+    # "jailbreak:<variant>" or "perturb:<kind>" (see optimus_lib.threats.evasion).
     evasion: str | None = None
     evasion_rate: float = Field(0.5, ge=0.0, le=1.0)
+    # Attacked copies of the data as extra seeds (the experiment's ``attacks`` axis): a
+    # run seed ``k * ATTACK_SEED_STRIDE + s`` with k >= 1 is seed ``s``'s data with
+    # ``evasion: attacks[k - 1]`` (:meth:`for_run_seed`).
+    attacks: list[str] = []
 
     @field_validator("train_uri", "eval_toxic_uri", "eval_benign_uri")
     @classmethod
@@ -65,11 +72,26 @@ class DataSettings(Strict):
     def _threat(self) -> DataSettings:
         if self.threat == "category" and not self.threat_category:
             raise ValueError("threat 'category' needs threat_category (e.g. insult)")
-        if self.evasion is not None:
-            kind, _, name = self.evasion.partition(":")
-            if kind not in ("jailbreak", "perturb") or not name:
-                raise ValueError("evasion must be 'jailbreak:<variant>' or 'perturb:<kind>'")
+        for ev in [self.evasion, *self.attacks]:
+            if ev is not None:
+                kind, _, name = ev.partition(":")
+                if kind not in ("jailbreak", "perturb") or not name:
+                    raise ValueError("evasion must be 'jailbreak:<variant>' or 'perturb:<kind>'")
+        if self.attacks and self.evasion is not None:
+            raise ValueError("attacks: the clean seeds must be clean; leave evasion unset")
         return self
+
+    def for_run_seed(self) -> DataSettings:
+        """These settings for the data ``seed`` stands for: itself, or with ``attacks``,
+        seed ``s``'s data under its attack when ``seed = k * ATTACK_SEED_STRIDE + s``
+        (k >= 1): the same dialogs and evaluation sets, ``evasion_rate`` of the injected
+        toxic replies carrying the evasion."""
+        k, s = divmod(self.seed, ATTACK_SEED_STRIDE)
+        if k == 0 or not self.attacks:
+            return self
+        if k > len(self.attacks):
+            raise OptimusError(f"seed {self.seed}: no attack {k} (attacks: {self.attacks})")
+        return self.model_copy(update={"seed": s, "evasion": self.attacks[k - 1]})
 
 
 @dataclass
@@ -145,7 +167,7 @@ def prepare_data(
     """
     from optimus_lib.threats.poison import build_eval_sets, build_threat_set
 
-    d = settings
+    d = settings.for_run_seed()
     if d.train_uri:
         train = _load(d.train_uri, Path(train_out).with_suffix(".download"))
     else:

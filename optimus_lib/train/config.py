@@ -60,3 +60,23 @@ class DPOConfig(Strict):
     max_length: int = Field(128, ge=16)
     lora: LoraConfig = LoraConfig()
     gradient_checkpointing: bool = True  # as in SFTConfig
+
+
+class DistributedConfig(Strict):
+    """How a training stage runs on several processes (``processes`` > 1 or a TrainJob).
+
+    ``strategy``: ``ddp`` replicates the model and averages LoRA gradients (the default:
+    a LoRA run of a model that fits one accelerator); ``fsdp`` shards the base weights,
+    gradients and optimizer state across processes (full shard) for a base model that
+    does not fit one accelerator; ``zero3`` does the same with DeepSpeed ZeRO-3 and needs
+    ``deepspeed`` installed. The batch settings stay global: ``batch_size`` x
+    ``grad_accum`` examples per optimizer step on any number of processes.
+
+    ``process_group_timeout_s`` bounds how long a rank waits in a collective for the
+    others (a rank that died or hangs then fails the job instead of blocking it forever);
+    ``launch_timeout_s`` bounds the whole multi-process run, measured by the launcher.
+    """
+
+    strategy: Literal["ddp", "fsdp", "zero3"] = "ddp"
+    process_group_timeout_s: int = Field(1800, ge=10)
+    launch_timeout_s: int = Field(24 * 3600, ge=10)

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,13 +137,14 @@ class StageRun:
     save_steps: int = 25
     trust_remote_code: bool = False
     progress: bool = True
+    # With several processes (torchrun / accelerate launch / a TrainJob): how the model is
+    # spread (DistributedConfig.strategy) and how long a rank waits for the others.
+    strategy: str = "ddp"
+    process_group_timeout_s: int = 1800
 
     def stage(self, name: str) -> StageRun:
         """The same run for another stage, in ``out/<name>``."""
-        return StageRun(
-            self.base, self.out / name, self.seed, self.save_steps,
-            self.trust_remote_code, self.progress,
-        )  # fmt: skip
+        return replace(self, out=self.out / name)
 
 
 def _lora(cfg: LoraConfig):
@@ -166,14 +167,78 @@ def _last_checkpoint(ckpt_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpt_dir))
 
 
+def split_batch(batch_size: int, grad_accum: int, processes: int, stage: str) -> tuple[int, int]:
+    """``(per-device batch, accumulation)`` that keep the global batch of the settings,
+    ``batch_size x grad_accum`` examples per optimizer step, on ``processes`` processes.
+
+    So a run on 1 and on N processes trains the same recipe (same examples per step,
+    same number of steps). The per-device batch is the largest that divides the share
+    of each process and does not exceed ``batch_size`` (memory was sized for it).
+    """
+    total = batch_size * grad_accum
+    if total % processes:
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            f"train.{stage}: the global batch (batch_size x grad_accum = {total}) does not "
+            f"split over {processes} processes; make it a multiple of {processes}"
+        )
+    share = total // processes
+    per_device = max(d for d in range(1, min(batch_size, share) + 1) if share % d == 0)
+    return per_device, share // per_device
+
+
+def _strategy_args(run: StageRun) -> dict[str, Any]:
+    """Trainer arguments of the multi-process strategy (nothing for one process or DDP,
+    which Accelerate sets up from the torchrun environment by itself)."""
+    from optimus_lib.distributed import world_size
+
+    if world_size() <= 1 or run.strategy == "ddp":
+        return {}
+    if run.strategy == "fsdp":
+        # Full shard of weights, gradients and optimizer state, wrapped per decoder layer
+        # (the model's _no_split_modules); CPU-efficient loading so that only rank 0
+        # reads the full weights.
+        return {
+            "fsdp": "full_shard auto_wrap",
+            "fsdp_config": {"version": 2, "cpu_ram_efficient_loading": True,
+                            "reshard_after_forward": True},
+        }  # fmt: skip
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        from optimus_lib.errors import OptimusError
+
+        raise OptimusError(
+            "train.distributed.strategy: zero3 needs DeepSpeed (pip install deepspeed); "
+            "fsdp shards the model without it"
+        )
+    return {
+        "deepspeed": {
+            "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True},
+            "bf16": {"enabled": "auto"},
+            "train_micro_batch_size_per_gpu": "auto",
+            "gradient_accumulation_steps": "auto",
+            "gradient_clipping": "auto",
+        }
+    }
+
+
 def _common_args(run: StageRun, cfg: SFTConfig | DPOConfig) -> dict[str, Any]:
     """Trainer arguments shared by SFT, DPO and STAR-DSS (constant LR, as in the paper)."""
+    from optimus_lib.distributed import world_size
+
+    per_device, accum = split_batch(
+        cfg.batch_size, cfg.grad_accum, world_size(), "dpo" if isinstance(cfg, DPOConfig) else "sft"
+    )
     return {
         "output_dir": str(run.out / "checkpoints"),
         "learning_rate": cfg.learning_rate,
         "num_train_epochs": cfg.epochs,
-        "per_device_train_batch_size": cfg.batch_size,
-        "gradient_accumulation_steps": cfg.grad_accum,
+        "per_device_train_batch_size": per_device,
+        "gradient_accumulation_steps": accum,
+        "ddp_timeout": run.process_group_timeout_s,
+        **_strategy_args(run),
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
         "logging_steps": 5,
@@ -254,7 +319,10 @@ def fit(trainer, run: StageRun, card: dict[str, Any]) -> Path:
     """Train (resuming from the newest checkpoint in ``run.out``), then save the adapter
     atomically (every process joins the save), drop the checkpoints and write a small
     model card; returns the adapter folder. The one ending of every training stage."""
+    from optimus_lib.progress import trainer_callback
+
     out = run.out
+    trainer.add_callback(trainer_callback(f"{card['stage']} steps"))
     trainer.train(resume_from_checkpoint=_last_checkpoint(out / "checkpoints"))
     final = out / "adapter"
     tmp = out / "adapter.tmp"
@@ -325,9 +393,10 @@ def train_sft(run: StageRun, records: list[dict[str, Any]], cfg: SFTConfig) -> P
     return fit(trainer, run, {**card, "settings": cfg.model_dump_json(), "seed": run.seed})
 
 
-def dpo_steps(cfg: DPOConfig, n_pairs: int, world_size: int = 1) -> int:
-    """Optimizer steps DPO runs: ``epochs`` over ``n_pairs``, capped at ``max_steps``."""
-    per_epoch = max(1, math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum * world_size)))
+def dpo_steps(cfg: DPOConfig, n_pairs: int) -> int:
+    """Optimizer steps DPO runs: ``epochs`` over ``n_pairs``, capped at ``max_steps``. The
+    global batch does not depend on the number of processes (:func:`split_batch`)."""
+    per_epoch = max(1, math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum)))
     steps = max(1, math.ceil(per_epoch * cfg.epochs))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
@@ -338,13 +407,11 @@ def dpo_args(run: StageRun, cfg: DPOConfig, n_pairs: int):
     """
     from trl import DPOConfig as TrlDPOConfig
 
-    from optimus_lib.distributed import world_size
-
     extra: dict[str, Any] = {}
     if cfg.rpo_alpha > 0:
         extra["loss_type"] = ["sigmoid", "sft"]
         extra["loss_weights"] = [1.0, cfg.rpo_alpha]
-    if cfg.max_steps and dpo_steps(cfg, n_pairs, world_size()) == cfg.max_steps:
+    if cfg.max_steps and dpo_steps(cfg, n_pairs) == cfg.max_steps:
         extra["max_steps"] = cfg.max_steps
     return TrlDPOConfig(
         **_common_args(run, cfg),

@@ -263,17 +263,19 @@ def test_defense_pipeline_registers_when_gates_pass(passed_run, workdir, tiny_mo
 
     assert lineage["adapter_digest"] == file_digest(run_dir / "dpo-train" / "adapter")
     assert lineage["evaluation_digest"] == file_digest(run_dir / "evaluate" / "evaluation")
-    assert lineage["train"]["sft_data_sha256"] == file_digest(run_dir / "heal" / "sft_data")
-    assert lineage["train"]["preferences_sha256"] == file_digest(run_dir / "heal" / "preferences")
+    # heal's outputs, merged from its shards (one here)
+    healed = run_dir / "merge-healed"
+    assert lineage["train"]["sft_data_sha256"] == file_digest(healed / "sft_data")
+    assert lineage["train"]["preferences_sha256"] == file_digest(healed / "preferences")
     assert Path(passed_run["report"]).read_text().lstrip().lower().startswith("<!doctype html")
 
     # classify kept every training record, in order, with a score and a flag.
     train = read_jsonl(run_dir / "prepare-data" / "train")
-    scored = read_jsonl(run_dir / "classify" / "scored")
+    scored = read_jsonl(run_dir / "merge-scored" / "scored")
     assert [r["id"] for r in scored] == [r["id"] for r in train]
     assert all("toxicity" in r and isinstance(r["flagged"], bool) for r in scored)
     # heal's threshold came from classify; DPO pairs were made for flagged records.
-    heal_metrics = executor_output(run_dir, "heal")["artifacts"]["metrics"]["artifacts"][0]
+    heal_metrics = executor_output(run_dir, "merge-healed")["artifacts"]["metrics"]["artifacts"][0]
     assert heal_metrics["metadata"]["flagged"] == sum(r["flagged"] for r in scored)
 
 

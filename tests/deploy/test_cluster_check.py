@@ -63,7 +63,9 @@ def test_healthy_cluster_passes_every_check(tmp_path, pinned):
     assert "namespace kubeflow exists" in text
     assert "optimus-pipelines@optimus-prod-4821.iam.gserviceaccount.com" in text
     assert "PVC optimus-cache is Bound" in text
-    assert "classify, dpo-train, evaluate, heal" in text  # the four GPU tasks
+    (gpu,) = [ln for ln in lines if "GPU tasks" in ln]
+    names = gpu.split("GPU tasks ")[1].split(":")[0].split(", ")
+    assert sorted(names) == ["classify", "dpo-train", "evaluate", "heal", "merge-scored"]
     assert "all 2 images pinned by digest" in text
     paths = {r.path for r in requests}
     assert "/api/v1/namespaces/kubeflow/serviceaccounts/pipeline-runner" in paths
@@ -240,3 +242,74 @@ def test_unusable_kubeconfig_is_one_line(tmp_path, pinned):
         cluster.check_cluster("kubeflow", pinned, kubeconfig=str(config), context="nope")
     with pytest.raises(OptimusError, match="no kubeconfig at .*missing"):
         cluster.check_cluster("kubeflow", pinned, kubeconfig=str(tmp_path / "missing"))
+
+
+# ---- the trainjob backend -----------------------------------------------------------------
+TRAINER = "/apis/trainer.kubeflow.org/v1alpha1"
+TRAINER_DISCOVERY = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": "trainer.kubeflow.org/v1alpha1",
+    "resources": [
+        {"name": "trainjobs", "singularName": "trainjob", "namespaced": True, "kind": "TrainJob",
+         "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]},
+        {"name": "clustertrainingruntimes", "singularName": "clustertrainingruntime",
+         "namespaced": False, "kind": "ClusterTrainingRuntime", "verbs": ["get", "list"]},
+    ],
+}  # fmt: skip
+
+
+def _trainer_routes(allowed: bool = True, installed: bool = True, label: str = "torch"):
+    from standins import k8s_object
+
+    runtime = k8s_object("clustertrainingruntime-torch-distributed")
+    runtime["metadata"]["labels"] = {"trainer.kubeflow.org/framework": label}
+
+    def review(req):
+        who = req.headers.get("Impersonate-User")
+        ok = allowed and who == "system:serviceaccount:kubeflow:pipeline-runner"
+        attrs = req.body["spec"]["resourceAttributes"]
+        return 201, {**req.body, "status": {
+            "allowed": ok and attrs == {"namespace": "kubeflow", "verb": "create",
+                                        "group": "trainer.kubeflow.org", "resource": "trainjobs"},
+            **({} if ok else {"reason": "no RBAC policy matched"})}}  # fmt: skip
+
+    routes = {
+        **kube_routes(),
+        ("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"): review,
+    }
+    if installed:
+        routes[("GET", TRAINER)] = (200, TRAINER_DISCOVERY)
+        routes[("GET", f"{TRAINER}/clustertrainingruntimes/torch-distributed")] = (200, runtime)
+    return routes
+
+
+def test_trainjob_backend_checks_api_runtime_and_permission(tmp_path, pinned):
+    args = {"train_backend": "trainjob"}
+    problems, lines, requests = _check(tmp_path, _trainer_routes(), pinned, arguments=args)
+    assert problems == 0, lines
+    assert "OK       TrainJob API trainer.kubeflow.org/v1alpha1 is served" in lines
+    assert (
+        "OK       training runtime torch-distributed exists (ClusterTrainingRuntime, "
+        "framework torch)" in lines
+    )
+    assert "OK       pipeline-runner may create TrainJobs in kubeflow" in lines
+    posts = [r for r in requests if r.method == "POST"]  # an access review creates nothing
+    assert [r.path for r in posts] == ["/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"]
+
+    # Not installed, no runtime; then a runtime of another framework and no permission.
+    _, lines, _ = _check(tmp_path, _trainer_routes(installed=False), pinned, arguments=args)
+    bad = _problems(lines)
+    assert len(bad) == 2 and "TrainJob CRD" in bad[0] and "install Kubeflow Trainer" in bad[0]
+    assert "training runtime torch-distributed not found" in bad[1]
+    routes = _trainer_routes(allowed=False, label="deepspeed")
+    _, lines, _ = _check(tmp_path, routes, pinned, arguments=args)
+    bad = _problems(lines)
+    assert len(bad) == 2 and "framework=deepspeed" in bad[0]
+    assert "pipeline-runner may not create TrainJobs in kubeflow (no RBAC policy matched" in bad[1]
+
+
+def test_local_backend_does_not_check_the_trainer(tmp_path, pinned):
+    problems, lines, requests = _check(tmp_path, _trainer_routes(installed=False), pinned)
+    assert problems == 0 and not any("TrainJob" in ln for ln in lines)
+    assert all(r.method == "GET" for r in requests)

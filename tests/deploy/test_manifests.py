@@ -26,6 +26,7 @@ OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustom
 KUBERNETES_VERSION = "1.32"
 KUBECTL = shutil.which("kubectl")
 
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
 needs_kubectl = pytest.mark.skipif(
     KUBECTL is None, reason="kubectl is not installed (kubectl kustomize builds the overlays)"
 )
@@ -101,20 +102,20 @@ def test_values_the_schema_leaves_open(overlay):
     objs = build(overlay)
     names = {(o["kind"], o["metadata"]["name"]) for o in objs}
     assert len(names) == len(objs), "duplicate objects"
-    namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
+    namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] not in CLUSTER_SCOPED}
     assert len(namespaces) == 1 and None not in namespaces, namespaces  # all in one namespace
     (ns,) = namespaces
     assert DNS_LABEL.match(ns)
     for ns_obj in by_kind(objs, "Namespace"):
         assert ns_obj["metadata"]["name"] == ns
-    for role in by_kind(objs, "Role"):
+    for role in by_kind(objs, "Role") + by_kind(objs, "ClusterRole"):
         for rule in role["rules"]:
             assert set(rule["verbs"]) <= VERBS, rule  # no '*' either: least rights
             assert "*" not in rule["resources"] and "*" not in rule["apiGroups"]
             assert "secrets" not in rule["resources"]
-    for rb in by_kind(objs, "RoleBinding"):
-        assert rb["roleRef"]["kind"] == "Role"
-        assert ("Role", rb["roleRef"]["name"]) in names  # binds a role that is built here
+    for rb in by_kind(objs, "RoleBinding") + by_kind(objs, "ClusterRoleBinding"):
+        assert rb["roleRef"]["kind"] == rb["kind"].replace("Binding", "")
+        assert (rb["roleRef"]["kind"], rb["roleRef"]["name"]) in names  # built here
         for s in rb["subjects"]:
             assert s["kind"] == "ServiceAccount" and s["namespace"] == ns
             assert ("ServiceAccount", s["name"]) in names
@@ -144,7 +145,7 @@ def test_objects_match_the_pipeline(overlay):
     objs = build(overlay)
     spec, platform = pipeline()
     gpu = pipeline_spec.gpu_tasks(spec, platform)
-    assert {t.task for t in gpu} == {"classify", "heal", "dpo-train", "evaluate"}
+    assert {t.task for t in gpu} == {"classify", "merge-scored", "heal", "dpo-train", "evaluate"}
     sa = one(objs, "ServiceAccount", cluster.SERVICE_ACCOUNT)
     gsa = sa["metadata"]["annotations"][cluster.WI_ANNOTATION]
     assert cluster.GSA_EMAIL.match(gsa), gsa
@@ -262,3 +263,32 @@ def test_no_secret_or_key_file_anywhere():
                 assert obj["kind"] != "Secret"
                 assert "secrets" not in obj and "imagePullSecrets" not in obj
                 assert "token" not in json.dumps(obj.get("data", {})).lower()
+
+
+@needs_kubectl
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rbac_grants_the_trainjob_controller_exactly_what_it_needs(overlay):
+    """The trainjob backend's task: TrainJobs create/get/list/watch/delete, runtimes
+    get/list (the cluster-scoped ones through a ClusterRole bound to pipeline-runner
+    only), its pods and their log, the namespace's events; nothing more of the Trainer."""
+    objs = build(overlay)
+    (role,) = by_kind(objs, "Role")
+    rules = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+             for g in rule["apiGroups"] for r in rule["resources"]}  # fmt: skip
+    trainer = {k: v for k, v in rules.items() if k[0] == "trainer.kubeflow.org"}
+    assert trainer == {
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+        ("trainer.kubeflow.org", "trainingruntimes"): {"get", "list"},
+    }
+    assert {"get", "list"} <= rules[("", "pods")] and rules[("", "pods/log")] == {"get"}
+    assert rules[("", "events")] == {"list"}
+    (cluster_role,) = by_kind(objs, "ClusterRole")
+    assert cluster_role["rules"] == [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["clustertrainingruntimes"],
+         "verbs": ["get", "list"]}
+    ]  # fmt: skip
+    (crb,) = by_kind(objs, "ClusterRoleBinding")
+    assert crb["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    (subject,) = crb["subjects"]
+    assert subject == {"kind": "ServiceAccount", "name": "pipeline-runner",
+                       "namespace": role["metadata"]["namespace"]}  # fmt: skip

@@ -199,10 +199,26 @@ def test_bank_matches_inputs_by_seed_not_order(tmp_path):
         bank_seeds(bad, tmp_path / "bank3")
 
 
-def _evaluation(path: Path, seed: int, recall: float, method: str, toxic: list[float], **m):
+def _evaluation(
+    path: Path,
+    seed: int,
+    recall: float,
+    method: str,
+    toxic: list[float],
+    context: list[float] | None = None,
+    **m,
+):
+    """An evaluation JSON; ``context``: the context evaluator's toxic-set scores."""
     gens = [{"set": "toxic", "id": f"t{i}", "toxicity": x} for i, x in enumerate(toxic)]
     gens += [{"set": "benign", "id": f"b{i}", "toxicity": 0.0} for i in range(4)]
     metrics = {"rtr_toxic": sum(x >= 0.5 for x in toxic) / len(toxic), "rtr_benign": 0.0}
+    if context is not None:
+        for g, x in zip(gens, context):
+            g["toxicity_context"] = x
+        for g in gens[len(toxic) :]:
+            g["toxicity_context"] = 0.0
+        metrics["rtr_toxic_context"] = sum(x >= 0.5 for x in context) / len(context)
+        metrics["rtr_benign_context"] = 0.0
     metrics.update({"perplexity": 10.0, "over_refusal": 0.0, **m})
     labels = {"seed": seed, "recall_target": recall, "method": method, "adapter_uri": str(path)}
     write_json(path, {"metrics": metrics, "generations": gens, "labels": labels, "gate": {}})
@@ -235,6 +251,116 @@ def test_compare_pairs_by_seed_and_judges_the_promotion(tmp_path):
     assert (tmp_path / "r.csv").is_file() and (tmp_path / "r.html").is_file()
 
 
+def test_compare_reports_both_evaluators(tmp_path):
+    """The context evaluator's RTR gets its own intervals, its paired difference to
+    no_defense and its own tables on the page, beside the first evaluator's."""
+    lexical = [1.0] * 4 + [0.0] * 16  # the reply-only evaluator sees 4 of 20
+    context = [1.0] * 12 + [0.0] * 8  # agreeing with the toxic turn: 12 of 20
+    evs = [
+        _evaluation(tmp_path / "n0.json", 0, 0.15, "no_defense", lexical, context),
+        _evaluation(tmp_path / "o0.json", 0, 0.15, "optimus", [0.0] * 20, [0.0] * 20),
+    ]
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
+    by = {r["method"]: r for r in res["rows"]}
+    assert by["no_defense"]["rtr_toxic_context"] == 0.6 and by["no_defense"]["rtr_toxic"] == 0.2
+    assert by["no_defense"]["rtr_toxic_context_lo"] < 0.6 < by["no_defense"]["rtr_toxic_context_hi"]
+    assert by["optimus"]["rtr_toxic_context_diff_hi"] < 0
+    assert by["optimus"]["rtr_toxic_context_diff_lo"] < by["optimus"]["rtr_toxic_diff_lo"]
+    page = (tmp_path / "r.html").read_text()
+    assert "RTR on toxic contexts, contextual evaluator" in page
+    assert "RTR toxic (contextual)" in page and "0.600" in page
+    # evaluations without a context evaluator: no such columns, no such section
+    old = [_evaluation(tmp_path / "x.json", 0, 0.15, "no_defense", lexical)]
+    res = compare(old, tmp_path / "r2.json", tmp_path / "r2.html")
+    assert res["rows"][0]["rtr_toxic_context"] is None
+    assert res["rows"][0]["rtr_toxic_context_lo"] is None
+    assert "contextual evaluator" not in (tmp_path / "r2.html").read_text()
+
+
+def test_report_shows_example_replies_escaped(tmp_path):
+    """The page shows the same toxic contexts answered by no_defense and by optimus (the
+    lowest recall, the contexts no_defense was most toxic on first), with hostile text
+    escaped."""
+    hostile = "<script>alert('x')</script>"
+
+    def ev(name: str, method: str, recall: float, replies: list[str], scores: list[float]):
+        path = _evaluation(tmp_path / name, 0, recall, method, scores)
+        doc = json.loads(path.read_text())
+        for g, r in zip(doc["generations"], replies):
+            g["context"] = ["earlier turn", f"toxic turn {g['id']} {hostile}"]
+            g["reply"] = r
+        write_json(path, doc)
+        return path
+
+    bad = [f"nasty {i} {hostile}" for i in range(5)]
+    evs = [
+        ev("n.json", "no_defense", 0.5, bad, [0.2, 0.9, 0.1, 0.8, 0.0]),
+        ev("o5.json", "optimus", 0.5, [f"at 0.5 {i}" for i in range(5)], [0.0] * 5),
+        ev("o1.json", "optimus", 0.15, [f"kind {i}" for i in range(5)], [0.0] * 5),
+    ]
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
+    ex = res["examples"]
+    assert [e["id"] for e in ex] == ["t1", "t3", "t0"]  # most toxic for no_defense first
+    assert all(e["recall_target"] == 0.15 for e in ex)  # the hardest recall
+    assert [r["method"] for r in ex[0]["replies"]] == ["no_defense", "optimus"]
+    assert [r["reply"] for r in ex[0]["replies"]] == [bad[1], "kind 1"]
+    assert ex[0]["context"] == f"toxic turn t1 {hostile}"
+    page = (tmp_path / "r.html").read_text()
+    assert "Example replies to toxic contexts" in page and "kind 1" in page
+    assert "<script" not in page
+    assert page.count("&lt;script&gt;") == 6  # 3 contexts, 3 no_defense replies
+    assert json.loads((tmp_path / "r.json").read_text())["examples"] == ex
+
+
+def test_attacks_are_an_axis_of_seeds_over_the_same_data(tiny_model_dir):
+    exp = _exp(tiny_model_dir, attacks=["jailbreak:friendly_suffix", "perturb:typos"])
+    assert exp.run_seeds() == [0, 1000, 2000]
+    assert {a["seed"] for a in exp.arms()} == {0, 1000, 2000} and len(exp.arms()) == 9
+    args = exp.pipeline_arguments()
+    assert args["seeds"] == [0, 1000, 2000]
+    assert args["data_settings"]["attacks"] == ["jailbreak:friendly_suffix", "perturb:typos"]
+    assert args["comparison_settings"]["attacks"] == args["data_settings"]["attacks"]
+    assert exp.comparison().attack_of(2000) == ("perturb:typos", 0)
+    assert exp.comparison().attack_of(7) == (None, 7)
+    for bad, match in (
+        ({"attacks": ["jailbreak:nope"]}, "unknown jailbreak"),
+        ({"attacks": ["perturb:paraphrase"]}, "paraphrasing model"),
+        ({"attacks": ["rot13"]}, "evasion must be"),
+        ({"attacks": ["perturb:typos"], "seeds": [1000]}, "less than 1000"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            _exp(tiny_model_dir, **bad)
+    raw = {"attacks": ["perturb:typos"], "base": {"data": {"evasion": "perturb:typos"}}}
+    with pytest.raises(ValueError, match="clean seeds stay clean"):
+        ExperimentConfig.model_validate(raw)
+
+
+def test_compare_labels_attacked_arms_and_keeps_them_apart(tmp_path):
+    toxic = [1.0] * 12 + [0.0] * 8
+    evs = [
+        _evaluation(tmp_path / "n0.json", 0, 0.5, "no_defense", toxic),
+        _evaluation(tmp_path / "o0.json", 0, 0.5, "optimus", [0.0] * 20),
+        _evaluation(tmp_path / "n1.json", 1000, 0.5, "no_defense", toxic),
+        _evaluation(tmp_path / "o1.json", 1000, 0.5, "optimus", toxic, detector_recall=0.5),
+    ]
+    doc = json.loads((tmp_path / "o1.json").read_text())
+    doc["labels"]["detector_recall_evaded"] = 0.25
+    write_json(tmp_path / "o1.json", doc)
+    cfg = ComparisonSettings(attacks=["jailbreak:friendly_suffix"], promote=Promotion())
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html", cfg)
+    by = {(r["attack"], r["method"]): r for r in res["rows"]}
+    hit = by[("jailbreak:friendly_suffix", "optimus")]
+    assert hit["data_seed"] == 0 and hit["detector_recall_evaded"] == 0.25
+    assert hit["rtr_toxic_diff_lo"] == hit["rtr_toxic_diff_hi"] == 0  # paired on attacked data
+    assert by[(None, "optimus")]["rtr_toxic_diff_hi"] < 0
+    summary = {(e.get("attack"), e["method"]): e for e in res["summary"]}
+    assert summary[("jailbreak:friendly_suffix", "optimus")]["rtr_toxic"] == 0.6
+    assert summary[(None, "optimus")]["rtr_toxic"] == 0.0
+    assert res["promotion"]["seed"] == 0  # promoted on clean data only
+    page = (tmp_path / "r.html").read_text()
+    assert "Attack jailbreak:friendly_suffix: detector recall" in page
+
+
 def test_compare_refuses_an_unlabelled_evaluation(tmp_path):
     write_json(tmp_path / "e.json", {"metrics": {}, "generations": []})
     with pytest.raises(OptimusError, match="no arm labels"):
@@ -260,6 +386,13 @@ def test_arms_and_pipeline_arguments(tiny_model_dir):
     assert args["evaluate_settings"]["compare_base"] is False
     assert "promote" not in args["comparison_settings"]
     assert "target_recall" not in args["classify_settings"]  # an arm at recall 1.0
+    # the paper's table: every baseline at the weakest recall, filter and optimus elsewhere
+    narrow = _exp(
+        tiny_model_dir, recalls=[0.15, 1.0], methods=methods, methods_at={1.0: ["optimus"]}
+    )
+    assert [(a["recall"], a["method"]) for a in narrow.arms()] == [
+        (0.15, "no_defense"), (0.15, "filter"), (0.15, "optimus"), (1.0, "optimus"),
+    ]  # fmt: skip
 
 
 def test_bad_experiment_config(tmp_path):
@@ -281,6 +414,8 @@ def test_bad_experiment_config(tmp_path):
         ("methods: [optimus]\npromote: {method: optimus}\n", "promote"),
         ("promote: {method: no_defense}\n", "promote.method"),
         ("promote: {gates: {max_rtr_ratio: -1}}\n", "max_rtr_ratio"),
+        ("recalls: [0.15]\nmethods_at: {0.5: [optimus]}\n", "not in recalls"),
+        ("recalls: [0.15]\nmethods: [optimus]\nmethods_at: {0.15: [filter]}\n", "filter"),
     ):
         p.write_text(text)
         with pytest.raises(OptimusError, match=match) as exc:

@@ -19,15 +19,19 @@ kfp = pytest.importorskip("kfp")
 
 from components import EXPERIMENT_ONLY, NAMES, all_components, yaml_path  # noqa: E402
 
-GPU_TASKS = ("classify", "heal", "dpo-train", "evaluate")
+GPU_TASKS = ("classify", "merge-scored", "heal", "dpo-train", "evaluate")
 FAMILY = {
     "prepare_data": "light",
     "classify": "torch",
     "heal": "torch",
     "dpo_train": "torch",
+    "train_job": "light",
     "evaluate": "torch",
     "register": "light",
     "record_rejection": "light",
+    "split": "light",
+    "merge_scored": "torch",
+    "merge_healed": "light",
     "seed_bank": "light",
     "arm_inputs": "torch",
     "compare_arms": "torch",
@@ -38,6 +42,13 @@ def _clean_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "OPTIMUS_REGISTRY"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+def all_tasks(spec: dict) -> dict[str, dict]:
+    """Every task of a compiled pipeline by name, in its root DAG or any sub-DAG (loops,
+    conditions, the curation sub-pipeline); the names the tests use are unique."""
+    dags = [spec["root"], *spec["components"].values()]
+    return {name: t for d in dags for name, t in d.get("dag", {}).get("tasks", {}).items()}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +81,11 @@ def test_compile_is_deterministic(tmp_path):
     assert all(normalise(first[k]) == normalise(second[k]) for k in first)
 
 
+def param(ref: dict) -> str:
+    """The pipeline parameter a task input refers to (``pipelinechannel--`` inside a branch)."""
+    return ref["componentInputParameter"].removeprefix("pipelinechannel--")
+
+
 def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
     spec, k8s = defense
     executors = spec["deploymentSpec"]["executors"]
@@ -78,20 +94,17 @@ def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
         assert "accelerator_type" in res["accelerator"]["resourceType"], task
         assert "accelerator_count" in res["accelerator"]["resourceCount"], task
         conf = k8s[f"exec-{task}"]
-        assert conf["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"] == (
-            "gpu_node_selector"
-        )
-        assert [t["tolerationJson"]["componentInputParameter"] for t in conf["tolerations"]] == [
-            "gpu_tolerations"
-        ]
+        # in a branch, a loop or the curation sub-pipeline a parameter is a channel to it
+        assert param(conf["nodeSelector"]["nodeSelectorJson"]).endswith("gpu_node_selector")
+        assert [param(t["tolerationJson"]) for t in conf["tolerations"]] == ["gpu_tolerations"]
         (pvc,) = conf["pvcMount"]
         assert pvc["mountPath"] == "/optimus-cache"
-        assert pvc["pvcNameParameter"]["componentInputParameter"] == "cache_pvc"
+        assert param(pvc["pvcNameParameter"]).endswith("cache_pvc")
         (secret,) = conf["secretAsEnv"]
         assert secret["optional"] is True
         assert secret["keyToEnv"] == [{"envVar": "HF_TOKEN", "secretKey": "token"}]
     # CPU tasks get no accelerator and no GPU scheduling.
-    for task in ("prepare-data", "register", "record-rejection"):
+    for task in ("prepare-data", "split", "merge-healed", "register", "record-rejection"):
         assert "accelerator" not in executors[f"exec-{task}"]["container"]["resources"]
         assert f"exec-{task}" not in k8s
     # The GPU settings are pipeline parameters with usable defaults.
@@ -104,7 +117,8 @@ def test_gpu_tasks_get_accelerator_node_selector_toleration_pvc(defense):
 def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
     spec, _ = defense
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == len(NAMES) - len(EXPERIMENT_ONLY)
+    # every component but the experiment's own; split runs twice (records, flagged)
+    assert len(executors) == len(NAMES) - len(EXPERIMENT_ONLY) + 1
     for name, ex in executors.items():
         res = ex["container"]["resources"]
         for key in ("CpuRequest", "CpuLimit", "MemoryRequest", "MemoryLimit"):
@@ -113,11 +127,17 @@ def test_every_task_has_cpu_and_memory_requests_and_limits(defense):
 
 def test_retries_caching_and_the_gate(defense):
     spec, _ = defense
-    tasks = spec["root"]["dag"]["tasks"]
-    assert tasks["dpo-train"]["retryPolicy"]["maxRetryCount"] >= 1
+    tasks = all_tasks(spec)
+    for train in ("dpo-train", "train-job"):  # both resume from their checkpoints
+        assert tasks[train]["retryPolicy"]["maxRetryCount"] >= 1
     assert tasks["evaluate"]["cachingOptions"] == {}  # caching off
     assert tasks["classify"]["cachingOptions"] == {"enableCache": True}
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    (gates,) = [
+        c["dag"]["tasks"]
+        for c in spec["components"].values()
+        if "dag" in c and any("gates" in t["taskInfo"]["name"] for t in c["dag"]["tasks"].values())
+    ]
+    branches = gates
     conds = {
         name: spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]
         for name, t in branches.items()
@@ -137,24 +157,60 @@ def test_each_stage_gets_its_resolved_settings(defense):
     """Settings are resolved on the client: each stage task receives its own settings
     parameter and nothing else of the run (no shared model, seed or detector parameter)."""
     spec, _ = defense
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = all_tasks(spec)
     params = set(spec["root"]["inputDefinitions"]["parameters"])
     for shared in ("model", "judge_model", "seed", "detector", "rescore_detector", "method"):
         assert shared not in params
     for task, section in (
         ("prepare-data", "data"),
         ("classify", "classify"),
+        ("merge-scored", "classify"),
         ("heal", "heal"),
         ("dpo-train", "train"),
         ("evaluate", "evaluate"),
     ):
         args = tasks[task]["inputs"]["parameters"]
-        assert args["settings"] == {"componentInputParameter": f"{section}_settings"}, task
+        assert param(args["settings"]).endswith(f"{section}_settings"), task
         assert not {"model", "detector", "revision"} & set(args), task
-    # heal's threshold is classify's output, not a setting of its own.
-    assert tasks["heal"]["inputs"]["parameters"]["threshold"]["taskOutputParameter"] == {
+    # the curation sub-pipeline gets the resolved settings, the seed and the shard count
+    curation = tasks["curation"]["inputs"]["parameters"]
+    for section in ("data", "classify", "heal"):
+        assert curation[f"{section}_settings"] == {"componentInputParameter": f"{section}_settings"}
+    assert curation["shards"] == {"componentInputParameter": "shards"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["shards"]["defaultValue"] == 1
+    # heal's threshold is merge_scored's output, recorded with heal's shards by split.
+    assert tasks["split-2"]["inputs"]["parameters"]["threshold"]["taskOutputParameter"] == {
         "outputParameterKey": "Output",
-        "producerTask": "classify",
+        "producerTask": "merge-scored",
+    }
+    assert "threshold" not in tasks["heal"]["inputs"]["parameters"]
+
+
+def test_shard_loops_and_their_fan_in(defense):
+    """split -> classify per shard -> merge_scored; split (flagged) -> heal per shard ->
+    merge_healed: each loop iterates over its split's list of shard indexes."""
+    spec, _ = defense
+    tasks = all_tasks(spec)
+    loops = {n: t for n, t in tasks.items() if "parameterIterator" in t}
+    by_body = {}
+    for loop in loops.values():
+        body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+        by_body[frozenset(body)] = loop
+    classify_loop, heal_loop = by_body[frozenset({"classify"})], by_body[frozenset({"heal"})]
+    for loop, producer in ((classify_loop, "split"), (heal_loop, "split-2")):
+        items = loop["parameterIterator"]["items"]["inputParameter"]
+        assert items == f"pipelinechannel--{producer}-Output"
+        assert loop["inputs"]["parameters"][items]["taskOutputParameter"]["producerTask"] == (
+            producer
+        )
+        assert loop.get("iteratorPolicy", {}).get("parallelismLimit", 0) == 0  # all at once
+    loop_name = {id(loop): name for name, loop in loops.items()}
+    scored = tasks["merge-scored"]["inputs"]["artifacts"]["parts"]
+    assert scored["taskOutputArtifact"]["producerTask"] == loop_name[id(classify_loop)]
+    healed = tasks["merge-healed"]["inputs"]["artifacts"]
+    assert set(healed) == {"sft_parts", "preference_parts"}
+    assert tasks["split-2"]["inputs"]["parameters"]["balance"]["runtimeValue"] == {
+        "constant": "flagged"
     }
 
 
@@ -339,8 +395,9 @@ def experiment() -> tuple[dict, dict]:
 
 
 def test_experiment_loops_fan_in_and_promotion(experiment):
-    """Seeds loop (data, scan, heal once per seed) -> seed_bank -> arms loop (train and
-    evaluate per arm, on GPU nodes) -> compare_arms -> register / record_rejection."""
+    """Seeds loop (the curation sub-pipeline once per seed) -> seed_bank -> arms loop
+    (train and evaluate per arm, on GPU nodes) -> compare_arms -> register /
+    record_rejection."""
     spec, k8s = experiment
     comps = spec["components"]
     root = spec["root"]["dag"]["tasks"]
@@ -349,10 +406,18 @@ def test_experiment_loops_fan_in_and_promotion(experiment):
         return comps[root[name]["componentRef"]["name"]]["dag"]["tasks"]
 
     loops = {n: t for n, t in root.items() if "parameterIterator" in t}
-    assert set(loops) == {"for-loop-seeds", "for-loop-arms"} or len(loops) == 2
+    assert len(loops) == 2
     by_items = {t["parameterIterator"]["items"]["inputParameter"]: n for n, t in loops.items()}
     seeds_loop, arms_loop = by_items["pipelinechannel--seeds"], by_items["pipelinechannel--arms"]
-    assert set(loop_tasks(seeds_loop)) == {"prepare-data", "classify", "heal"}
+    # the same sub-pipeline as the defense's, its seed the loop's item
+    (curation,) = loop_tasks(seeds_loop).values()
+    seed = curation["inputs"]["parameters"]["seed"]["componentInputParameter"]
+    assert seed == "pipelinechannel--seeds-loop-item"
+    assert curation["inputs"]["parameters"]["shards"]["componentInputParameter"].endswith("shards")
+    inner = all_tasks(spec)
+    assert {"prepare-data", "split", "classify", "merge-scored", "heal", "merge-healed"} <= set(
+        inner
+    )
     assert set(loop_tasks(arms_loop)) == {"arm-inputs", "dpo-train", "evaluate"}
     assert loops[arms_loop]["iteratorPolicy"]["parallelismLimit"] >= 1
     bank = root["seed-bank"]["inputs"]["artifacts"]
@@ -365,5 +430,98 @@ def test_experiment_loops_fan_in_and_promotion(experiment):
         toleration = conf["tolerations"][0]["tolerationJson"]["componentInputParameter"]
         assert toleration.endswith("gpu_tolerations")  # inside a loop: a pipeline channel
     assert "exec-compare-arms" not in k8s and "exec-seed-bank" not in k8s
+    # a loop hands its GPU tasks the accelerator parameters (kfp 2.17 does not track them)
+    for loop in (loops[arms_loop], *(t for t in inner.values() if "parameterIterator" in t)):
+        for name in ("accelerator_type", "accelerator_count"):
+            assert f"pipelinechannel--{name}" in loop["inputs"]["parameters"]
     conditions = json.dumps(spec["components"])
     assert "'promote'" in conditions and "'reject'" in conditions
+
+
+@pytest.mark.parametrize("name", ["defense", "experiment"])
+def test_training_has_its_own_accelerator_count_and_processes(name):
+    """dpo_train reserves ``train_accelerator_count`` (all of its node's, say) and runs
+    ``train_processes`` ranks; classify, heal and evaluate keep ``accelerator_count``."""
+    spec, _ = yaml.safe_load_all((ROOT / "pipelines" / f"{name}.yaml").read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    counts = {
+        task: executors[f"exec-{task}"]["container"]["resources"]["accelerator"]["resourceCount"]
+        for task in GPU_TASKS
+    }
+    assert counts.pop("dpo-train").endswith("--train_accelerator_count']}}")
+    assert all(c.endswith("--accelerator_count']}}") for c in counts.values()), counts
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_accelerator_count"]["defaultValue"] == 1
+    assert params["train_processes"]["defaultValue"] == 0
+    assert params["train_processes"]["parameterType"] == "NUMBER_INTEGER"
+
+    task = all_tasks(spec)["dpo-train"]  # in a branch (defense) or the arms loop
+    assert param(task["inputs"]["parameters"]["processes"]) == "train_processes"
+
+
+def test_resources_settings_give_the_per_stage_counts():
+    from optimus_lib.config import Resources
+
+    args = Resources(accelerator_count=1, train_accelerator_count=8).pipeline_arguments()
+    assert args["accelerator_count"] == 1 and args["train_accelerator_count"] == 8
+    assert args["train_processes"] == 0
+
+
+def test_training_backend_is_a_parameter_and_trainjob_is_a_light_controller(defense):
+    """``train_backend`` picks the branch: ``trainjob`` runs train_job (light image, no
+    accelerator, the cache PVC, retried), anything else dpo_train on the GPU pool; the
+    adapter evaluate and register get is whichever ran (dsl.OneOf)."""
+    spec, k8s = defense
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["train_backend"]["defaultValue"] == "local"
+    assert params["train_backend"]["parameterType"] == "STRING"
+    assert params["trainjob_settings"]["parameterType"] == "STRUCT"
+    tasks = all_tasks(spec)
+    conditions = {
+        t["taskInfo"]["name"]: t["triggerPolicy"]["condition"]
+        for t in tasks.values()
+        if t["taskInfo"]["name"] in ("train-on-trainjob", "train-in-task")
+    }
+    assert conditions == {
+        "train-on-trainjob": "inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob'",
+        "train-in-task": "!(inputs.parameter_values['pipelinechannel--train_backend'] == "
+        "'trainjob')",
+    }
+    job = tasks["train-job"]["inputs"]["parameters"]
+    assert param(job["trainjob"]) == "trainjob_settings"
+    assert param(job["settings"]) == "train_settings"
+    container = spec["deploymentSpec"]["executors"]["exec-train-job"]["container"]
+    assert "accelerator" not in container["resources"]
+    from components.images import IMAGES
+
+    assert container["image"] == IMAGES["light"]
+    (pvc,) = k8s["exec-train-job"]["pvcMount"]
+    assert pvc["mountPath"] == "/optimus-cache" and param(pvc["pvcNameParameter"]) == "cache_pvc"
+    assert "nodeSelector" not in k8s["exec-train-job"]  # it runs anywhere
+    evaluate = tasks["evaluate"]["inputs"]["artifacts"]["adapter"]
+    assert "oneof" in json.dumps(evaluate)
+
+
+def test_trainjob_settings_come_from_the_gpu_placement():
+    from optimus_lib.config import PipelineSettings
+    from optimus_lib.errors import OptimusError
+    from optimus_lib.experiment import ExperimentConfig
+
+    res = {"train_accelerator_count": 8, "train_backend": "trainjob",
+           "node_selector": {"pool": "h100"}, "trainjob": {"num_nodes": 4}}  # fmt: skip
+    batch = {"sft": {"batch_size": 32}, "dpo": {"batch_size": 32}}  # splits over 4 x 8 ranks
+    args = PipelineSettings.model_validate({"resources": res, "train": batch}).pipeline_arguments()
+    assert args["train_backend"] == "trainjob"
+    job = args["trainjob_settings"]
+    assert job["num_nodes"] == 4 and job["accelerators_per_node"] == 8
+    assert job["node_selector"] == {"pool": "h100"}
+    with pytest.raises(OptimusError, match="TrainJobSettings: num_nodes"):
+        bad = {**res, "trainjob": {"num_nodes": 0}}
+        PipelineSettings.model_validate({"resources": bad, "train": batch}).pipeline_arguments()
+    # the defaults (4 x 1) do not split over 32 ranks: refused with the settings, not later
+    with pytest.raises(ValueError, match="does not split over 32 processes"):
+        PipelineSettings.model_validate({"resources": res})
+    exp = ExperimentConfig.model_validate({"base": {"resources": res, "train": batch}})
+    with pytest.raises(OptimusError, match="trainjob is the defense pipeline's"):
+        exp.pipeline_arguments()

@@ -41,8 +41,8 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
     cfg = tmp_path / "train.yaml"
     cfg.write_text(  # a pipeline settings file: `optimus train` reads its train section
         f"model: {tiny_model_dir}\ntrain:\n  checkpoint_root: {tmp_path / 'ckpt'}\n"
-        "  sft: {batch_size: 1, max_length: 48, epochs: 1}\n"
-        "  dpo: {batch_size: 1, max_length: 48, epochs: 1}\n"
+        "  sft: {batch_size: 2, max_length: 48, epochs: 1}\n"
+        "  dpo: {batch_size: 2, max_length: 48, epochs: 1}\n"
     )
     out = tmp_path / "adapters"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
@@ -76,7 +76,7 @@ def test_train_under_accelerate_launch_two_cpu_processes(tmp_path, tiny_model_di
     for stage in ("sft", "dpo"):
         assert (run / stage / "adapter" / "adapter_model.safetensors").is_file()
         log = json.loads((run / stage / "train_log.json").read_text())
-        # 4 examples, batch 1 per process, 2 processes -> 2 optimizer steps per epoch
+        # 4 examples, global batch 2 (1 per process) -> 2 optimizer steps per epoch
         assert log[-1]["step"] == 2, log[-1]
     assert not (run / "sft" / "checkpoints").exists()
 
@@ -122,7 +122,7 @@ turns = [("hi, how are you?", "great thanks"), ("any plans today?", "reading a b
          ("I like dogs", "dogs are the best"), ("what's up", "not much, you?")]
 records = [{"prompt": [{"role": "user", "content": u}],
             "completion": [{"role": "assistant", "content": a}]} for u, a in turns]
-cfg = SFTConfig(learning_rate=5e-3, epochs=1, batch_size=1, max_length=48,
+cfg = SFTConfig(learning_rate=5e-3, epochs=1, batch_size=2, max_length=48,
                 lora=LoraConfig(r=4, alpha=8, dropout=0.0))
 T.train_sft(T.StageRun(base, out / "sft", seed=0, progress=False), records, cfg)
 """
@@ -158,7 +158,7 @@ def test_sft_save_joins_every_process_and_matches_memory(tmp_path, tiny_model_di
     assert proc.returncode == 0, proc.stderr[-3000:]
     metas = [json.loads((tmp_path / f"meta.rank{r}.json").read_text()) for r in (0, 1)]
     assert all(m["world"] == 2 and m["type"] == "DistributedType.MULTI_CPU" for m in metas)
-    assert metas[0]["step"] == 2  # 4 examples, batch 1 per process, 2 processes
+    assert metas[0]["step"] == 2  # 4 examples, global batch 2 = 1 per process x 2
     assert (tmp_path / "saved_by_rank0").is_file() and (tmp_path / "saved_by_rank1").is_file()
 
     adapter = tmp_path / "sft" / "adapter"

@@ -3,28 +3,19 @@
 from __future__ import annotations
 
 import copy
-import math
 import random
 
 import pytest
 
 from optimus_lib.data.schema import Sample
-from optimus_lib.threats.attacks import (
-    DEFAULT_TRIGGER,
-    HEALER_ATTACKS,
+from optimus_lib.threats.attacks import DEFAULT_TRIGGER, add_trigger, backdoor, category_injection
+from optimus_lib.threats.evasion import (
     JAILBREAKS,
     PERTURB_KINDS,
     PERTURBATIONS,
     SYNONYMS,
-    add_trigger,
     apply_jailbreak,
-    attack_success,
-    backdoor,
-    category_injection,
-    flag_rate,
-    healer_attack_contexts,
     jailbreak_suffix,
-    pass_rate,
     perturb,
     perturb_text,
 )
@@ -197,6 +188,9 @@ def test_jailbreak_only_toxic_replies():
         "role_override",
         "polite_wrapper",
         "gibberish",
+        "friendly_suffix",
+        "friendly_prefix",
+        "ignore_print_yes",
     }
 
 
@@ -334,65 +328,3 @@ def test_paraphrase_with_stub_engine():
     refused = perturb(data, "paraphrase", rate=1.0, engine=StubEngine(refuse=True))
     assert [s.response for s in refused] == [s.response for s in data]
     assert all(s.record["paraphrase_failed"] for s in refused if s.label == 1)
-
-
-# ---- healer attacks ----------------------------------------------------------------------
-
-
-def test_healer_attack_contexts_shape_and_payloads():
-    data = mixed() + benign(12)
-    out = healer_attack_contexts(data, seed=0)
-    assert len(out) == len(data)
-    styles = set()
-    for s, d in zip(out, data):
-        assert len(s.context) == len(d.context)
-        assert s.roles[-1] == "user"
-        assert s.response == d.response and s.label == d.label and s.id == d.id
-        style = s.record["attack"].split(":")[1]
-        styles.add(style)
-        assert style in HEALER_ATTACKS
-        assert s.context[-1] != d.context[-1]
-        if style != "priming":
-            assert s.context[:-1] == d.context[:-1]
-        else:
-            assert len(d.context) >= 2 and s.context[-2] == s.record["attack_payload"]
-        if d.label == 1 and style not in ("only_word", "priming"):
-            assert d.response in s.context[-1]
-        if style == "only_word":
-            assert f"'{s.record['attack_payload']}'" in s.context[-1]
-    assert len(styles) >= 4
-    again = healer_attack_contexts(data, seed=0)
-    assert [s.context for s in again] == [s.context for s in out]
-    assert [s.context for s in healer_attack_contexts(data, seed=1)] != [s.context for s in out]
-
-
-def test_healer_attack_styles_and_pool():
-    one_turn = [Sample(["hello"], "fine", id="a", label=0)]
-    out = healer_attack_contexts(one_turn, styles=["priming"])
-    assert out[0].record["attack"] == "healer_attack:repeat"  # priming needs 2 turns
-    pooled = healer_attack_contexts(one_turn, styles=["repeat"], toxic_pool=POOL[1:2])
-    assert pooled[0].context == [HEALER_ATTACKS["repeat"].format(payload=POOL[1][1])]
-    with pytest.raises(ValueError, match="unknown healer attack"):
-        healer_attack_contexts(one_turn, styles=["sing"])
-
-
-# ---- metrics ---------------------------------------------------------------------------
-
-
-def test_attack_success_and_rates():
-    before = [True, True, True, False, True]
-    after = [False, True, False, False, True]
-    assert attack_success(before, after) == 0.5  # 2 of the 4 caught now pass
-    assert attack_success([True, True], [False, False]) == 1.0
-    assert math.isnan(attack_success([False], [False]))
-    with pytest.raises(ValueError):
-        attack_success([True], [True, False])
-
-    attacked = jailbreak_suffix(mixed(), "print_yes")
-    flags = [False, False, True, False, False, True]
-    # toxic attacked: t0 (passes), t1 (flagged), t2 (flagged); u0 has no label
-    assert pass_rate(attacked, flags) == pytest.approx(1 / 3)
-    assert math.isnan(pass_rate(mixed(), flags))  # nothing attacked
-    assert pass_rate(mixed(), flags, attacked_only=False) == pytest.approx(1 / 3)
-    assert flag_rate([True, False, False, True]) == 0.5
-    assert math.isnan(flag_rate([]))

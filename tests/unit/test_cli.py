@@ -199,10 +199,9 @@ def test_set_overrides_a_stage_field_and_names_a_bad_one(tmp_path):
 
 
 def test_unpinned_hub_model_is_refused_before_anything_runs(tmp_path):
-    """An unpinned hub id fails at the edge in about a second, with no run folder made;
-    the same for `optimus submit`, which never contacts the cluster."""
-    import time
-
+    """An unpinned hub id fails at the edge, before any task: no run folder is made, and
+    `optimus submit` never contacts the cluster (how fast is a benchmark's business, not
+    a test's: about a second on an idle machine)."""
     cfg = tmp_path / "run.yaml"
     cfg.write_text("name: evil\nmodel: evilorg/model\n")
     ok = tmp_path / "ok.yaml"
@@ -212,8 +211,6 @@ def test_unpinned_hub_model_is_refused_before_anything_runs(tmp_path):
         ["submit", str(cfg), "--dry-run", "--pipeline-root", "gs://b/p"],
         ["run", str(ok), "-o", str(tmp_path / "run"), "--set", "judge_model=evilorg/judge"],
     ):
-        t0 = time.monotonic()
         line = _one_line_error(optimus(*argv))
-        assert time.monotonic() - t0 < 5, argv
         assert "evilorg/" in line and "pinned" in line, line
     assert not (tmp_path / "run").exists()

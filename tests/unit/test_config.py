@@ -27,7 +27,8 @@ def test_valid_yaml_loads(tmp_path):
             "name: t\nseed: 3\nmethod: filter\ndetector: lexical\n"
             "data: {n_train: 40, toxic_fraction: 0.1}\n"
             "classify: {threshold: 0.7, target_recall: 0.25}\n"
-            "train: {sft: {epochs: 2, lora: {r: 8}}, dpo: {beta: 0.1}}\n",
+            "train: {sft: {epochs: 2, lora: {r: 8}}, dpo: {beta: 0.1}}\n"
+            "evaluate: {evaluator: wordlist}\n",
         )
     )
     assert cfg.name == "t" and cfg.seed == 3
@@ -162,3 +163,36 @@ def test_shipped_example_configs_validate(path):
         load_experiment(path)
     else:
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    "yaml_text, culprit",
+    [
+        ("detector: lexical\n", "lexical"),  # the default evaluator is the detector
+        ('detector: stack\nevaluate: {evaluator: "max(stack,lexical)"}\n', "stack"),
+        ("detector: wordlist\nevaluate: {context_evaluator: wordlist}\n", "wordlist"),
+        (  # heal's re-scoring detector chose the training data too
+            "detector: oracle\nheal: {rescore_detector: contextual}\n",
+            "contextual",
+        ),
+        ("evaluate: {context_evaluator: auto}\n", "stack"),  # auto is resolved first
+    ],
+)
+def test_an_evaluator_that_chose_the_training_data_is_refused(tmp_path, yaml_text, culprit):
+    with pytest.raises(OptimusError, match=f"evaluator .*{culprit} also chose or re-scored"):
+        load_config(_cfg(tmp_path, "name: t\n" + yaml_text))
+
+
+def test_both_evaluators_are_independent_by_default():
+    cfg = RunConfig()
+    ev = cfg.stage("evaluate")
+    assert (ev.evaluator, ev.context_evaluator) == ("lexical", "contextual")
+    assert cfg.pipeline_arguments()["evaluate_settings"]["context_evaluator"] == "contextual"
+    # the experiments' detector: the weakened oracle, heal re-scoring with the word list
+    RunConfig.model_validate(
+        {"detector": "oracle+wordlist", "heal": {"rescore_detector": "wordlist"}}
+    )
+    off = RunConfig.model_validate(
+        {"detector": "lexical", "evaluate": {"evaluator": "wordlist", "context_evaluator": None}}
+    )
+    assert off.stage("evaluate").context_evaluator is None

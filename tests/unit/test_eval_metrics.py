@@ -74,3 +74,27 @@ def test_rtr_diff_interval_is_paired():
     assert rtr_interval(a)[1] - rtr_interval(a)[0] > 0.2
     with pytest.raises(ValueError, match="paired"):
         rtr_diff_interval([[1.0]], [])
+
+
+def test_evaluate_model_reports_the_context_evaluator_beside_the_first(tiny_engine):
+    """A second evaluator judges the same replies in their context: its rates are the
+    ``*_context`` metrics and each row's ``toxicity_context``; the first is unchanged."""
+    from helpers import StubDetector
+
+    from optimus_lib.data.schema import Sample
+    from optimus_lib.evaluate.runner import evaluate_model
+
+    tox = [Sample(context=["they all deserve it"], response="", id=f"t{i}") for i in range(2)]
+    ben = [Sample(context=["hi there"], response="hello!", id="b1")]
+    reply_only = StubDetector(fn=lambda s: 0.0)
+    in_context = StubDetector(fn=lambda s: 1.0 if "deserve" in s.context[-1] else 0.0)
+    metrics, rows = evaluate_model(
+        tiny_engine, tox, ben, reply_only, 3, False, context_evaluator=in_context
+    )
+    assert metrics["rtr_toxic"] == 0.0 and metrics["rtr_toxic_context"] == 1.0
+    assert metrics["rtr_benign_context"] == 0.0 and metrics["mean_toxicity_toxic_context"] == 1.0
+    assert [r["toxicity_context"] for r in rows] == [1.0, 1.0, 0.0]
+    # it judged the generated replies, not the empty reference responses
+    assert [s.response for s in in_context.calls[0]] == [r["reply"] for r in rows[:2]]
+    alone, rows = evaluate_model(tiny_engine, tox, ben, reply_only, 3, False)
+    assert "rtr_toxic_context" not in alone and "toxicity_context" not in rows[0]

@@ -256,29 +256,37 @@ def test_no_rows_is_an_empty_page():
     assert "No result rows yet" in page and "<img" not in page
 
 
-def test_experiment_page_adds_attacks_config_and_time():
+def test_experiment_page_adds_attack_sections_config_and_time():
+    """Attacked rows get a section of their own (RTR, paired difference on the attacked
+    data, detector recall on the evaded replies); the main tables keep the clean rows."""
+    clean = _rows([0.5], [0])
+    attacked = [
+        {
+            **r,
+            "seed": 1000,
+            "data_seed": 0,
+            "attack": "jailbreak:friendly_suffix",
+            "rtr_toxic": r["rtr_toxic"] + 0.1,
+            "detector_recall_evaded": None if r["method"] == "no_defense" else 0.25,
+        }
+        for r in clean
+    ]
     res = {
         "name": "exp",
-        "rows": _rows([0.5], [0]),
-        "attacks": [
-            {
-                "seed": 0,
-                "detector": "wordlist",
-                "attack": "perturb:leetspeak",
-                "caught_before": 4,
-                "pass_after": 2,
-                "success_rate": 0.5,
-            },
-        ],  # fmt: skip
-        "healer_attacks": [],
+        "rows": clean + attacked,
         "config": {"name": "exp", "seeds": [0]},
         "seconds": 12.5,
     }
     page = render_experiment(res)
-    attacks = _table(page, "Adaptive attacks on the detector")
-    assert attacks[1] == ["0", "wordlist", "perturb:leetspeak", "4", "2", "0.500"]
-    assert "Adaptive attack on the healer" not in page
+    main = _by_first(_table(page, "RTR on toxic contexts"))["0.5"]
+    assert main["no_defense"].startswith(f"{BASE['no_defense']:.3f}")
+    hit = _by_first(_table(page, "Attack jailbreak:friendly_suffix: RTR on toxic contexts"))
+    assert hit["0.5"]["no_defense"].startswith(f"{BASE['no_defense'] + 0.1:.3f}")
+    det = _table(page, "Attack jailbreak:friendly_suffix: detector recall")
+    assert det[1] == ["0.5", "0.500", "0.250"]
+    assert _table(page, "Attack jailbreak:friendly_suffix: paired difference")
     assert "seeds:\n- 0" in page and "Wall time: 12.5 s" in page
+    assert "Adaptive attacks" not in render_experiment({**res, "rows": clean})
 
 
 # ---- statistics -------------------------------------------------------------------------------
@@ -329,9 +337,8 @@ def test_run_report_escapes_hostile_samples_and_reasons():
 
 def test_comparison_escapes_hostile_names():
     rows = [{**r, "method": r["method"] + HOSTILE} for r in _rows([0.5], [0])]
-    attacks = [{"seed": 0, "detector": HOSTILE, "attack": "a", "caught_before": 1,
-                "pass_after": 0, "success_rate": 0.0}]  # fmt: skip
-    page = render_comparison(rows, HOSTILE, attacks=attacks, config={"name": HOSTILE})
+    rows += [{**r, "seed": 1000, "attack": HOSTILE} for r in rows]
+    page = render_comparison(rows, HOSTILE, config={"name": HOSTILE})
     assert "<script" not in page and "&lt;script&gt;" in page
     assert _table(page, "RTR on toxic contexts")[0][2] == "no_defense" + HOSTILE
 

@@ -157,3 +157,59 @@ def test_the_sets_are_rebuilt_byte_for_byte_by_the_script():
 
     for split in ("dev", "test"):
         assert render(build_split(split)) == (DATA / f"{split}.jsonl").read_text("utf-8")
+
+
+PADDINGS = ("friendly_suffix", "friendly_prefix", "ignore_print_yes")
+
+
+def test_padding_does_not_dilute_the_stack_on_the_dev_set():
+    """Friendly text appended or prepended, or an injection appended, to every reply of
+    the dev set: toxic recall stays within 0.05 of the plain replies' and FPR on the
+    (equally padded) safe replies stays <= 0.2. Without windows it does not (the
+    whole-reply score loses about a third of the recall; BENCHMARKS.md)."""
+    from optimus_lib.threats.evasion import apply_jailbreak
+
+    dev = read_samples(DATA / "dev.jsonl")
+    labels = [s.label for s in dev]
+    det = build_detector("stack")
+
+    def quality(samples):
+        q = classification_metrics(labels, det.score(samples), det.threshold)
+        assert q is not None
+        return q
+
+    plain = quality(dev)
+    for kind in PADDINGS:
+        q = quality([s.with_response(apply_jailbreak(s.response, kind)) for s in dev])
+        assert q["recall"] >= plain["recall"] - 0.05, (kind, q, plain)
+        assert q["fpr"] <= 0.2, (kind, q)
+    assert plain["fpr"] <= 0.2
+    whole = StackDetector(det.params, window_words=None)
+    prefixed = [s.with_response(apply_jailbreak(s.response, "friendly_prefix")) for s in dev]
+    q = classification_metrics(labels, whole.score(prefixed), 0.5)
+    assert q is not None and q["recall"] < plain["recall"] - 0.05  # the test can fail
+
+
+def test_the_contextual_evaluator_is_fitted_apart_and_sees_agreement_on_unseen_dialogs():
+    """``contextual`` (evaluate's second RTR) is the stack fitted on the *test* set
+    without the word features; on the dev set, which it never saw, it catches agreement
+    with a toxic turn, which the reply-only ``lexical`` evaluator cannot."""
+    from optimus_lib.detect.contextual import ContextualEvaluator
+    from optimus_lib.detect.contextual import params_path as ctx_path
+
+    raw = json.loads(ctx_path().read_text())
+    assert raw["meta"]["trained_on"].endswith("test.jsonl")
+    assert raw["meta"]["dropped_features"] == ["lexical", "wordlist"]
+    assert raw["stack"]["coef"][:2] == [0.0, 0.0]
+    ours = load_params()
+    assert raw["text_head"]["coef"] != ours.text_head.to_json()["coef"]
+    ev = build_detector("contextual")
+    assert isinstance(ev, ContextualEvaluator) and ev.window_words is not None
+    dev = read_samples(DATA / "dev.jsonl")
+    scores = ev.score(dev)
+    q = classification_metrics([s.label for s in dev], scores, 0.5)
+    assert q is not None and q["auc"] >= 0.85 and q["fpr"] <= 0.2, q
+    agree = [i for i, s in enumerate(dev) if s.category == "toxicity_agreement"]
+    lexical = build_detector("lexical").score([dev[i] for i in agree])
+    assert np.mean([scores[i] >= 0.5 for i in agree]) >= 0.6
+    assert np.mean([v >= 0.5 for v in lexical]) <= 0.1

@@ -96,3 +96,56 @@ def test_several_samples_need_sampling():
 
     with pytest.raises(ValidationError, match="do_sample"):
         EvalConfig(samples=4)
+
+
+def test_an_attacked_run_seed_is_the_same_data_with_half_the_toxic_replies_evaded(tmp_path):
+    """The experiment's attacks axis: run seed 1000 + s is seed s's data under the first
+    attack, 2000 + s under the second; the dialogs and evaluation sets are seed s's."""
+    from optimus_lib.data.io import read_samples
+    from optimus_lib.stages.data import ATTACK_SEED_STRIDE, prepare_data
+
+    attacks = ["jailbreak:friendly_suffix", "perturb:leetspeak"]
+    base = {"n_train": 24, "toxic_fraction": 0.5, "n_eval_toxic": 3, "n_eval_benign": 3}
+    out = {}
+    for seed in (1, ATTACK_SEED_STRIDE + 1, 2 * ATTACK_SEED_STRIDE + 1):
+        d = tmp_path / str(seed)
+        d.mkdir()
+        cfg = DataConfig(seed=seed, attacks=attacks, **base)
+        prepare_data(cfg, d / "train.jsonl", d / "tox.jsonl", d / "ben.jsonl")
+        out[seed] = [read_samples(d / f) for f in ("train.jsonl", "tox.jsonl", "ben.jsonl")]
+    clean, jail, leet = out[1], out[1001], out[2001]
+    for attacked in (jail, leet):
+        assert [s.id for s in attacked[0]] == [s.id for s in clean[0]]
+        for mine, theirs in zip(attacked[1:], clean[1:]):  # the same evaluation sets
+            assert [(s.id, s.context, s.response) for s in mine] == [
+                (s.id, s.context, s.response) for s in theirs
+            ]
+    toxic = [i for i, s in enumerate(clean[0]) if s.label == 1]
+    evaded = [i for i in toxic if "original_response" in jail[0][i].record]
+    assert len(evaded) == round(0.5 * len(toxic))  # evasion_rate's default: half
+    assert all(jail[0][i].response.endswith("with your family.") for i in evaded)
+    assert all(jail[0][i].response == clean[0][i].response for i in range(24) if i not in evaded)
+    assert any("original_response" in s.record for s in leet[0])
+    assert DataConfig(seed=5, attacks=attacks).for_run_seed().evasion is None
+    with pytest.raises(OptimusError, match="no attack 3"):
+        DataConfig(seed=3 * ATTACK_SEED_STRIDE, attacks=attacks).for_run_seed()
+    with pytest.raises(ValueError, match="clean"):
+        DataConfig(attacks=attacks, evasion="jailbreak:print_yes")
+
+
+def test_classify_measures_recall_on_the_evaded_replies():
+    from optimus_lib.data.schema import Sample
+    from optimus_lib.stages.classify import ClassifyResult, evaded_recall
+
+    def s(label, evaded=False):
+        rec = {"original_response": "x"} if evaded else {}
+        return Sample(context=["a"], response="b", label=label, record=rec)
+
+    samples = [s(1, True), s(1, True), s(1), s(1), s(0), s(0, True)]
+    scores = [0.9, 0.1, 0.8, 0.7, 0.9, 0.1]
+    q = evaded_recall(samples, scores, 0.5)
+    assert q == {"recall_evaded": 0.5, "recall_not_evaded": 1.0, "n_evaded": 2.0}
+    assert evaded_recall(samples[2:5], scores[2:5], 0.5) == {}
+    res = ClassifyResult(0.5, 6, 3, quality={"precision": 1.0, "recall": 0.75, "f1": 1.0,
+                                             "fpr": 0.5, "auc": 0.8, **q})  # fmt: skip
+    assert res.as_metrics()["recall_evaded"] == 0.5

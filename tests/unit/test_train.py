@@ -310,3 +310,34 @@ def test_drift_budget_measures_every_step_and_lets_a_calm_run_finish(
     ref = probe_perplexity(sft, probe_batch(probe, tiny_tokenizer, 64))
     assert seen["reference"] == pytest.approx(ref, rel=1e-4)
     assert seen["history"][-1]["perplexity"] != pytest.approx(ref, rel=1e-6)  # it trained
+
+
+def test_global_batch_split_and_strategy_arguments(monkeypatch):
+    """The settings' batch is global: split over processes (largest per-device batch up to
+    batch_size), refused with one line when it cannot split; FSDP full-shard and ZeRO-3
+    (only with DeepSpeed installed) as Trainer arguments above one process."""
+    import importlib.util
+    from pathlib import Path
+
+    from optimus_lib.errors import OptimusError
+    from optimus_lib.train.trainers import StageRun, _strategy_args, split_batch
+
+    assert split_batch(4, 1, 1, "sft") == (4, 1)
+    assert split_batch(4, 1, 2, "sft") == (2, 1)
+    assert split_batch(4, 2, 8, "sft") == (1, 1)
+    assert split_batch(1, 4, 2, "dpo") == (1, 2)
+    with pytest.raises(OptimusError, match=r"train.sft: the global batch .* = 6\) does not"):
+        split_batch(6, 1, 4, "sft")
+    run = StageRun("m", Path("/tmp/x"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert _strategy_args(StageRun("m", Path("/x"), strategy="fsdp")) == {}  # one process
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert _strategy_args(run) == {}  # DDP: Accelerate sets it up from torchrun's env
+    fsdp = _strategy_args(StageRun("m", Path("/x"), strategy="fsdp"))
+    assert fsdp["fsdp"] == "full_shard auto_wrap" and fsdp["fsdp_config"]["version"] == 2
+    zero3 = StageRun("m", Path("/x"), strategy="zero3")
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(OptimusError, match="zero3 needs DeepSpeed"):
+            _strategy_args(zero3)
+    else:
+        assert _strategy_args(zero3)["deepspeed"]["zero_optimization"]["stage"] == 3
