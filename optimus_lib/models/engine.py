@@ -275,6 +275,9 @@ class TransformersEngine(PromptMixin):
         """
         dev = ids.device
         gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+        # transformers' generate fills an unset top_k with 50: the same default here
+        top_k = getattr(self.model.generation_config, "top_k", None)
+        top_k = 50 if top_k is None else int(top_k)
         eos = torch.tensor(sorted(self._eos_ids()), dtype=torch.long, device=dev)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=dev)
         # Rows with the same prompt (several sampled replies per context) share one
@@ -308,7 +311,9 @@ class TransformersEngine(PromptMixin):
         for _ in range(max_new_tokens):
             # Each row draws among its nucleus candidates only (a few hundred tokens, not
             # the whole vocabulary: multinomial spends one random number per entry).
-            cand_p, cand = _nucleus_candidates(out.logits[:, -1, :].float(), top_p, temperature)
+            cand_p, cand = _nucleus_candidates(
+                out.logits[:, -1, :].float(), top_p, temperature, top_k
+            )
             pick = torch.stack(
                 [torch.multinomial(cand_p[r], 1, generator=g)[0] for r, g in enumerate(gens)]
             )
@@ -363,11 +368,23 @@ def _nucleus(logits: torch.Tensor, top_p: float, temperature: float) -> torch.Te
 
 
 def _nucleus_candidates(
-    logits: torch.Tensor, top_p: float, temperature: float
+    logits: torch.Tensor, top_p: float, temperature: float, top_k: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`_nucleus` as (probabilities, token ids) of each row's candidates, most likely
-    first, dropped ones at 0; token ids ``None`` when nothing is cut (``top_p`` 1)."""
+    first, dropped ones at 0; token ids ``None`` when nothing is cut (``top_p`` 1).
+
+    ``top_k`` > 0 keeps the ``top_k`` most likely tokens first and renormalises them
+    before the top-p cut: transformers' order (temperature, top-k, top-p), and what its
+    ``generate`` does by default (top_k 50 unless the model's generation config says
+    otherwise), so sampled replies keep the distribution they had under ``generate``."""
     probs = torch.softmax(logits / max(temperature, 1e-5), dim=-1)
+    if 0 < top_k < probs.shape[-1]:
+        sorted_p, order = probs.topk(top_k, dim=-1)
+        sorted_p = sorted_p / sorted_p.sum(-1, keepdim=True)
+        if top_p < 1.0:
+            drop = sorted_p.cumsum(-1) - sorted_p > top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+        return sorted_p, order
     if top_p >= 1.0:
         return probs, None
     # The nucleus is almost always within the top few hundred tokens: sorting only those

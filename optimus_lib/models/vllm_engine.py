@@ -35,6 +35,9 @@ from optimus_lib.errors import OptimusError
 from optimus_lib.models.engine import PromptMixin
 
 ARGS_ENV = "OPTIMUS_VLLM_ARGS"
+# The top-k cut before top-p when sampling: transformers' generate default, which the
+# transformers engine keeps, so both engines sample from the same distribution.
+SAMPLING_TOP_K = 50
 
 # Laid under OPTIMUS_VLLM_ARGS. 0.85 of a GPU leaves room for the evaluator and the
 # similarity model beside it; the CPU backend sizes its cache by VLLM_CPU_KVCACHE_SPACE.
@@ -242,6 +245,7 @@ class VLLMEngine(PromptMixin):
                     max_tokens=max_new_tokens,
                     temperature=temperature,
                     top_p=top_p,
+                    top_k=SAMPLING_TOP_K,  # as the transformers engine (and generate) use
                     seed=int(s),
                     detokenize=False,
                 )

@@ -225,3 +225,14 @@ def test_sampling_draws_inside_the_nucleus(tiny_engine):
     for seeds in ([1, 2, 3], [7, 8, 9]):
         kw = {"max_new_tokens": 6, "do_sample": True, "top_p": 1e-6, "temperature": 1.0}
         assert tiny_engine.generate(prompts, seeds=seeds, **kw) == greedy
+
+
+def test_nucleus_applies_top_k_first_then_top_p_like_transformers():
+    from optimus_lib.models.engine import _nucleus_candidates
+
+    logits = torch.log(torch.tensor([[0.4, 0.3, 0.2, 0.1]]))
+    p, ids = _nucleus_candidates(logits, top_p=1.0, temperature=1.0, top_k=2)
+    assert ids[0].tolist() == [0, 1] and torch.allclose(p[0], torch.tensor([4 / 7, 3 / 7]))
+    # top-p on the renormalised top-k: 4/7 < 0.6 <= 1, so both stay; at 0.5 only the first
+    p, _ = _nucleus_candidates(logits, top_p=0.5, temperature=1.0, top_k=2)
+    assert (p[0] > 0).tolist() == [True, False]
