@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -75,3 +76,29 @@ def html_tables(page: str) -> dict[str, list[list[str]]]:
     parser = Tables()
     parser.feed(page)
     return parser.tables
+
+
+def write_dialogs_and_pairs(folder: Path, turns: list[tuple[str, str, str]]) -> tuple[Path, Path]:
+    """``(user, good reply, bad reply)`` turns as an SFT set (the good replies) and DPO
+    pairs (good chosen over bad) in ``folder``: sft.jsonl and dpo.jsonl."""
+    sft, prefs = folder / "sft.jsonl", folder / "dpo.jsonl"
+    sft.write_text(
+        "".join(
+            json.dumps({"id": str(i), "context": [u], "response": g}) + "\n"
+            for i, (u, g, _) in enumerate(turns)
+        )
+    )
+    prefs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": [{"role": "user", "content": u}],
+                    "chosen": [{"role": "assistant", "content": g}],
+                    "rejected": [{"role": "assistant", "content": b}],
+                }
+            )
+            + "\n"
+            for u, g, b in turns
+        )
+    )
+    return sft, prefs

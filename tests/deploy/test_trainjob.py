@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import write_dialogs_and_pairs
 from standins import Request, k8s_object, kubeconfig, serve
 
 pytestmark = pytest.mark.integration
@@ -206,27 +207,7 @@ def _data(folder: Path) -> tuple[Path, Path]:
         ("I like dogs", "dogs are great", "dogs are dumb"),
         ("what's up", "not much", "go away"),
     ]
-    sft, prefs = folder / "sft.jsonl", folder / "dpo.jsonl"
-    sft.write_text(
-        "".join(
-            json.dumps({"id": str(i), "context": [u], "response": g}) + "\n"
-            for i, (u, g, _) in enumerate(turns)
-        )
-    )
-    prefs.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "prompt": [{"role": "user", "content": u}],
-                    "chosen": [{"role": "assistant", "content": g}],
-                    "rejected": [{"role": "assistant", "content": b}],
-                }
-            )
-            + "\n"
-            for u, g, b in turns
-        )
-    )
-    return sft, prefs
+    return write_dialogs_and_pairs(folder, turns)
 
 
 def _settings(model: str):

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import write_dialogs_and_pairs
 
 pytestmark = [
     pytest.mark.slow,  # several processes, each importing torch + transformers (~20 s)
@@ -36,27 +37,7 @@ TINY = {"batch_size": 2, "max_length": 48, "gradient_checkpointing": False,
 
 
 def _data(folder: Path) -> tuple[Path, Path]:
-    sft, prefs = folder / "sft.jsonl", folder / "dpo.jsonl"
-    sft.write_text(
-        "".join(
-            json.dumps({"id": str(i), "context": [u], "response": g}) + "\n"
-            for i, (u, g, _) in enumerate(TURNS)
-        )
-    )
-    prefs.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "prompt": [{"role": "user", "content": u}],
-                    "chosen": [{"role": "assistant", "content": g}],
-                    "rejected": [{"role": "assistant", "content": b}],
-                }
-            )
-            + "\n"
-            for u, g, b in TURNS
-        )
-    )
-    return sft, prefs
+    return write_dialogs_and_pairs(folder, TURNS)
 
 
 @pytest.fixture
