@@ -1,17 +1,21 @@
-"""CPU benchmark of SFT step time: TRL's default gradient checkpointing vs none.
+"""CPU benchmark of SFT step time for one training knob, on against off.
 
-TRL's ``SFTConfig`` turns gradient checkpointing on by default. That trades compute for
-activation memory, which matters for a 7B model on a GPU but not for the bundled 135M
-model on a CPU, where it only re-runs every layer's forward during the backward pass.
-``train.sft.gradient_checkpointing`` / ``train.dpo.gradient_checkpointing`` expose it;
-this script measures what turning it off buys.
+``--knob gradient_checkpointing`` (default): TRL's ``SFTConfig`` turns gradient
+checkpointing on by default. That trades compute for activation memory, which matters
+for a 7B model on a GPU but not for the bundled 135M model on a CPU, where it only
+re-runs every layer's forward during the backward pass.
+
+``--knob fused_lm_head``: TRL's fused LM head (log-probs in vocabulary tiles, recomputed
+in the backward pass, plus entropy and accuracy for the logs) against the model's own
+cross-entropy (``train.sft.fused_lm_head``; off on a CPU by default). Checkpointing is
+off in this comparison, as in the examples.
 
 Both variants run ``optimus_lib.train.trainers.train_sft`` itself on the bundled model
 (SmolLM2-135M-Instruct, fp32, CPU), on the same chit-chat records (the bundled poisoned
 training set, prompts fitted to ``max_length``), with the same LoRA r=16 config, batch
-size, seed and step count; only ``gradient_checkpointing`` differs. Variants are
-interleaved ``on off on off ...`` (``--rounds``) and each ratio is taken within a round
-(median over rounds), since the machine may be shared.
+size, seed and step count; only the knob differs. Variants are interleaved
+``on off on off ...`` (``--rounds``) and each ratio is taken within a round (median over
+rounds), since the machine may be shared.
 
 Timing: a ``TrainerCallback`` records wall time from each step's begin to its end (the
 optimizer step included); the first step of each run is dropped (allocator warm-up).
@@ -22,6 +26,7 @@ same maths, only the memory/compute trade differs).
 Usage::
 
     .venv/bin/python benchmarks/sft_bench.py --out runs/sft_bench.json
+    .venv/bin/python benchmarks/sft_bench.py --knob fused_lm_head --max-length 64
     .venv/bin/python benchmarks/sft_bench.py --quick
 """
 
@@ -35,12 +40,12 @@ import time
 from pathlib import Path
 
 
-def run_once(records, gc: bool, args) -> dict:
+def run_once(records, on: bool, args) -> dict:
     import trl
     from transformers import TrainerCallback
 
     from optimus_lib.train.config import SFTConfig
-    from optimus_lib.train.trainers import train_sft
+    from optimus_lib.train.trainers import StageRun, train_sft
 
     times: list[float] = []
     tokens: list[int] = []
@@ -70,20 +75,22 @@ def run_once(records, gc: bool, args) -> dict:
 
     trl.SFTTrainer = Timed
     try:
+        knobs = {"gradient_checkpointing": False, "fused_lm_head": False, args.knob: on}
         cfg = SFTConfig(
             learning_rate=2e-4,
             epochs=1,
             batch_size=args.batch_size,
             max_length=args.max_length,
-            gradient_checkpointing=gc,
+            **knobs,
         )
         with tempfile.TemporaryDirectory() as d:
-            train_sft("smollm2-135m-instruct", records, Path(d), cfg, 0, 10_000, False, False)
+            run = StageRun("smollm2-135m-instruct", Path(d), save_steps=10_000, progress=False)
+            train_sft(run, records, cfg)
     finally:
         trl.SFTTrainer = orig
     steady = times[1:] or times
     return {
-        "gradient_checkpointing": gc,
+        args.knob: on,
         "steps": len(times),
         "s_per_step": statistics.median(steady),
         "tok_per_s": sum(tokens[1:]) / sum(steady) if len(times) > 1 else None,
@@ -93,6 +100,8 @@ def run_once(records, gc: bool, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    knobs = ["gradient_checkpointing", "fused_lm_head"]
+    ap.add_argument("--knob", choices=knobs, default=knobs[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=96)
@@ -121,7 +130,7 @@ def main() -> None:
         print(json.dumps(rounds[-1]), flush=True)
 
     print(
-        "\n| round | s/step, checkpointing on | s/step, off | tok/s on | tok/s off "
+        f"\n| round | s/step, {args.knob} on | s/step, off | tok/s on | tok/s off "
         "| speed-up | last loss on / off |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -133,7 +142,7 @@ def main() -> None:
             f"{on['last_loss']} / {off['last_loss']} |"
         )
     med = statistics.median(x["speedup"] for x in rounds)
-    print(f"\nmedian speed-up from turning checkpointing off: {med:.2f}x")
+    print(f"\nmedian speed-up from turning {args.knob} off: {med:.2f}x")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

@@ -26,6 +26,18 @@ class SFTConfig(Strict):
     # Recompute activations in the backward pass (TRL's default): saves memory on large
     # models; on a small model on CPU it only costs time (BENCHMARKS.md "SFT (CPU)").
     gradient_checkpointing: bool = True
+    # TRL's fused LM head: log-probs projected in vocabulary tiles and recomputed in the
+    # backward pass, so the (tokens x vocabulary) logits are never held; it also computes
+    # entropy and top-1 accuracy for the logs. That saves GPU memory on long sequences and
+    # large vocabularies; on a CPU it is only extra work (a 135M model's step: 6.2 s fused,
+    # 4.1-4.7 s with the model's own loss; BENCHMARKS.md "SFT (CPU)"). None: fused on a
+    # GPU, the model's own cross-entropy on a CPU. The loss is the same either way.
+    fused_lm_head: bool | None = None
+    # Mixed precision: bfloat16 matmuls (autocast) over float32 weights and optimizer
+    # state. None: on where the device has bf16 kernels (a CUDA GPU that supports it; a
+    # CPU whose oneDNN runs bf16, x86 with AVX-512 or ARM with bf16: here 3x fp32's
+    # matmul rate, SFT steps 1.4x faster); off elsewhere, where it would be emulated.
+    bf16: bool | None = None
 
 
 class DPOConfig(Strict):
@@ -59,6 +71,7 @@ class DPOConfig(Strict):
     grad_accum: int = Field(1, ge=1)
     max_length: int = Field(128, ge=16)
     lora: LoraConfig = LoraConfig()
+    bf16: bool | None = None  # as SFTConfig.bf16
     gradient_checkpointing: bool = True  # as in SFTConfig
 
 

@@ -250,7 +250,7 @@ def _common_args(run: StageRun, cfg: SFTConfig | DPOConfig) -> dict[str, Any]:
         "data_seed": run.seed,
         "dataloader_num_workers": 0,
         "disable_tqdm": not run.progress,
-        "bf16": _use_bf16(),
+        "bf16": _use_bf16() if cfg.bf16 is None else cfg.bf16,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         # Explicit on CPU-only machines so that several processes under
         # `accelerate launch` form a gloo process group instead of each training alone.
@@ -265,9 +265,10 @@ def _has_cuda() -> bool:
 
 
 def _use_bf16() -> bool:
-    import torch
+    """bf16 autocast by default where the device has bf16 kernels (see ``SFTConfig.bf16``)."""
+    from optimus_lib.models.specs import bf16_native
 
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bf16_native("cuda" if _has_cuda() else "cpu")
 
 
 def _check_data(trainer, stage: str, max_length: int) -> None:
@@ -373,15 +374,38 @@ def sft_args(run: StageRun, cfg: SFTConfig):
     )
 
 
+def sft_trainer_class(fused_lm_head: bool | None = None) -> type:
+    """TRL's SFTTrainer, or (``fused_lm_head`` False; None: False on a CPU) a subclass
+    whose loss is the model's own cross-entropy over full logits.
+
+    Both compute the same loss, the summed NLL of the completion tokens over their count
+    (``num_items_in_batch``). TRL's fused head exists for GPU memory; on a CPU its tiled
+    projection, recomputed in the backward pass, plus the entropy and accuracy it logs,
+    cost a third of a small model's step. The subclass logs the loss only.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    fused = _has_cuda() if fused_lm_head is None else fused_lm_head
+    if fused:
+        return SFTTrainer
+
+    class PlainLossSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return PlainLossSFTTrainer
+
+
 def train_sft(run: StageRun, records: list[dict[str, Any]], cfg: SFTConfig) -> Path:
     """LoRA SFT from the base model; returns the adapter folder."""
     from datasets import Dataset
-    from trl import SFTTrainer
 
     from optimus_lib.models.specs import load_model
 
     tok = prepare(run)
-    trainer = SFTTrainer(
+    trainer = sft_trainer_class(cfg.fused_lm_head)(
         model=load_model(run.base, "cpu", run.trust_remote_code),
         args=sft_args(run, cfg),
         train_dataset=Dataset.from_list(records),

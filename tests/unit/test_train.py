@@ -173,6 +173,52 @@ def test_killed_sft_resumes_from_last_checkpoint(
     assert json.loads((out / "train_log.json").read_text())[-1]["step"] == 4
 
 
+def test_plain_loss_sft_trains_what_the_fused_head_trains(tiny_model_dir, tiny_tokenizer, tmp_path):
+    """The CPU default (the model's own cross-entropy) and TRL's fused LM head give the
+    same losses and the same adapter: only the speed differs."""
+    from safetensors.torch import load_file
+
+    from optimus_lib.train.trainers import sft_trainer_class
+
+    assert sft_trainer_class(True).__name__ == "SFTTrainer"
+    assert sft_trainer_class(None).__name__ == "PlainLossSFTTrainer"  # no CUDA here
+    records = build_sft_records([s.with_response(CHOSEN) for s in _flagged()], tiny_tokenizer)
+    out = {}
+    for fused in (True, False):
+        cfg = SFTConfig(
+            learning_rate=1e-3,
+            epochs=2,
+            batch_size=2,
+            max_length=64,
+            lora=LoraConfig(r=4, alpha=8, dropout=0.0),
+            fused_lm_head=fused,
+            bf16=False,  # the comparison is exact in fp32
+        )
+        run = StageRun(str(tiny_model_dir), tmp_path / str(fused), save_steps=100, progress=False)
+        adapter = train_sft(run, records, cfg)
+        log = json.loads((run.out / "train_log.json").read_text())
+        out[fused] = (
+            [e["loss"] for e in log if "loss" in e] + [log[-1]["train_loss"]],
+            load_file(adapter / "adapter_model.safetensors"),
+        )
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-4)
+    for name, w in out[True][1].items():
+        assert (w - out[False][1][name]).abs().max() < 1e-4, name
+
+
+def test_bf16_follows_the_setting_else_the_device(tmp_path, monkeypatch):
+    """``bf16`` True/False is what the Trainer gets; None asks the device."""
+    from optimus_lib.models import specs
+    from optimus_lib.train.trainers import sft_args
+
+    run = StageRun("unused", tmp_path, progress=False)
+    assert sft_args(run, SFTConfig(bf16=False)).bf16 is False
+    for native in (True, False):
+        monkeypatch.setattr(specs, "bf16_native", lambda device, native=native: native)
+        assert sft_args(run, SFTConfig()).bf16 is native
+    assert specs.bf16_native("mps") is False
+
+
 def test_dpo_args_cap_and_rpo(tmp_path):
     """The cap is passed to TRL only when it binds; RPO becomes TRL's sigmoid + sft loss."""
     from optimus_lib.train.trainers import dpo_args, dpo_steps
