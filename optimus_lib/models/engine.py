@@ -18,20 +18,35 @@ import torch
 from optimus_lib.models.text import sanitize  # noqa: F401 - re-exported
 
 
-def _batches(lengths: Sequence[int], batch_size: int, max_batch_tokens: int) -> Iterator[list[int]]:
+def _batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    max_batch_tokens: int,
+    max_padding: float | None = None,
+) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length, longest first.
 
     Longest first makes the first batch the memory high-water mark, so an OOM shows
-    up immediately rather than at the end of a long scan.
+    up immediately rather than at the end of a long scan. ``max_padding`` (for one-pass
+    scoring, where every padded position costs a full forward) also closes a batch
+    before its padded size would exceed ``1 + max_padding`` times its real tokens;
+    generation leaves it off, since its cost is the decode steps of every row.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
+    real = 0
     for i in order:
         longest = lengths[batch[0]] if batch else lengths[i]
-        if batch and (len(batch) >= batch_size or longest * (len(batch) + 1) > max_batch_tokens):
+        padded = longest * (len(batch) + 1)
+        if batch and (
+            len(batch) >= batch_size
+            or padded > max_batch_tokens
+            or (max_padding is not None and padded > (1 + max_padding) * (real + lengths[i]))
+        ):
             yield batch
-            batch = []
+            batch, real = [], 0
         batch.append(i)
+        real += lengths[i]
     if batch:
         yield batch
 
@@ -97,8 +112,8 @@ class TransformersEngine(PromptMixin):
         dev = self.device
         return ids.to(dev), mask.to(dev), pos.to(dev)
 
-    def _iter(self, lengths: list[int], desc: str):
-        batches = list(_batches(lengths, self.batch_size, self.max_batch_tokens))
+    def _iter(self, lengths: list[int], desc: str, max_padding: float | None = None):
+        batches = list(_batches(lengths, self.batch_size, self.max_batch_tokens, max_padding))
         if self.progress:
             from tqdm.auto import tqdm
 
@@ -178,7 +193,10 @@ class TransformersEngine(PromptMixin):
             keep = max(1, self.max_length - len(c))
             seqs.append((p[-keep:], c[: self.max_length - 1]))
         res: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
-        for batch in self._iter([len(p) + len(c) for p, c in seqs], "nll"):
+        # At most a quarter of each batch is padding: the benign references vary 3x in
+        # length, and one batch of them was 1.8x their tokens.
+        lengths = [len(p) + len(c) for p, c in seqs]
+        for batch in self._iter(lengths, "nll", max_padding=0.25):
             full = [seqs[i][0] + seqs[i][1] for i in batch]
             ids, mask, pos = self._pad(full)
             # The LM head (and log-softmax over the vocabulary) only where a completion

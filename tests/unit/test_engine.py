@@ -151,6 +151,20 @@ def test_batches_sorted_and_capped():
     assert all(lengths[b[0]] * len(b) <= 60 or len(b) == 1 for b in capped)
 
 
+def test_batches_bounded_padding():
+    """With ``max_padding`` no batch pads more than that share over its real tokens, and
+    same-length rows still share a batch."""
+    lengths = [118, 117, 102, 99, 93, 64, 63, 63, 45, 40, 40, 33]
+    batches = list(_batches(lengths, batch_size=60, max_batch_tokens=10_000, max_padding=0.25))
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert len(batches) > 1
+    for b in batches:
+        assert lengths[b[0]] * len(b) <= 1.25 * sum(lengths[i] for i in b)
+    assert [1, 2] in [b[1:3] for b in batches]  # 117 and 102 ride with 118
+    # without it, one batch (as before)
+    assert len(list(_batches(lengths, batch_size=60, max_batch_tokens=10_000))) == 1
+
+
 def test_perplexity():
     assert perplexity([(2.0, 1), (4.0, 3)]) == pytest.approx(math.exp(6.0 / 4))
     assert math.isnan(perplexity([]))
