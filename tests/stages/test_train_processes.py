@@ -32,7 +32,9 @@ TURNS = [
     ("I like dogs", "dogs are the best!", "dogs are for morons"),
     ("what's up", "not much, you?", "none of your business, jerk"),
 ]
-TINY = {"batch_size": 2, "max_length": 48, "gradient_checkpointing": False,
+# fp32: the 1-process and 2-process adapters are compared to 1e-3, which bf16 autocast's
+# rounding (different per reduction order) does not hold.
+TINY = {"batch_size": 2, "max_length": 48, "gradient_checkpointing": False, "bf16": False,
         "lora": {"r": 4, "alpha": 8, "dropout": 0.0}}  # fmt: skip
 
 
