@@ -10,8 +10,12 @@ in the backward pass, plus entropy and accuracy for the logs) against the model'
 cross-entropy (``train.sft.fused_lm_head``; off on a CPU by default). Checkpointing is
 off in this comparison, as in the examples.
 
+``--knob bf16``: bf16 autocast against fp32 (``train.sft.bf16``; on by default where the
+device has bf16 kernels). The other two knobs' comparisons run in fp32, so each measures
+one change.
+
 Both variants run ``optimus_lib.train.trainers.train_sft`` itself on the bundled model
-(SmolLM2-135M-Instruct, fp32, CPU), on the same chit-chat records (the bundled poisoned
+(SmolLM2-135M-Instruct, CPU), on the same chit-chat records (the bundled poisoned
 training set, prompts fitted to ``max_length``), with the same LoRA r=16 config, batch
 size, seed and step count; only the knob differs. Variants are interleaved
 ``on off on off ...`` (``--rounds``) and each ratio is taken within a round (median over
@@ -27,6 +31,7 @@ Usage::
 
     .venv/bin/python benchmarks/sft_bench.py --out runs/sft_bench.json
     .venv/bin/python benchmarks/sft_bench.py --knob fused_lm_head --max-length 64
+    .venv/bin/python benchmarks/sft_bench.py --knob bf16 --max-length 64
     .venv/bin/python benchmarks/sft_bench.py --quick
 """
 
@@ -75,7 +80,8 @@ def run_once(records, on: bool, args) -> dict:
 
     trl.SFTTrainer = Timed
     try:
-        knobs = {"gradient_checkpointing": False, "fused_lm_head": False, args.knob: on}
+        knobs = {"gradient_checkpointing": False, "fused_lm_head": False, "bf16": False}
+        knobs[args.knob] = on
         cfg = SFTConfig(
             learning_rate=2e-4,
             epochs=1,
@@ -100,7 +106,7 @@ def run_once(records, on: bool, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    knobs = ["gradient_checkpointing", "fused_lm_head"]
+    knobs = ["gradient_checkpointing", "fused_lm_head", "bf16"]
     ap.add_argument("--knob", choices=knobs, default=knobs[0])
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
