@@ -73,6 +73,7 @@ def experiment(
     from deploy.local import run_experiment
     from optimus_lib.experiment.compare import arm_table, print_summary
     from optimus_lib.experiment.config import parse_experiment
+    from optimus_lib.experiment.pooled import pooled_table
     from optimus_lib.settings import load_yaml
 
     exp = parse_experiment(apply_sets(load_yaml(config), set_), str(config))
@@ -85,6 +86,9 @@ def experiment(
         print_table(arm_table(arms), f"Optimus experiment: {title}")
     if len(exp.seeds) > 1 or len(exp.recalls) > 1:
         print_table(print_summary(summary["summary"]), "Mean over seeds")
+    pooled = pooled_table(summary.get("pooled") or [])
+    if pooled:
+        print_table(pooled, "Toxic RTR, paired difference pooled over seeds")
     promo = summary.get("promotion")
     if promo:
         _verdict(f"promotion of {promo.get('method')}", promo, summary)

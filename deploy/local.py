@@ -299,7 +299,8 @@ def run_experiment(exp: Any, run_dir: Path, verbose: bool = False) -> dict[str, 
     ``tasks.log`` (stdout instead when ``verbose``), ``report.html`` and ``results.json``
     / ``results.csv`` (compare_arms' comparison) and ``summary.json`` (returned too):
     ``arms`` (the first seed's rows at the first recall, by method: metrics and
-    intervals), ``summary`` (means over seeds), ``promotion``, ``registered``,
+    intervals), ``summary`` (means over seeds), ``pooled`` (paired differences pooled over
+    seeds), ``promotion``, ``registered``,
     ``rejection`` and the paths.
     """
     import shutil
@@ -330,6 +331,7 @@ def run_experiment(exp: Any, run_dir: Path, verbose: bool = False) -> dict[str, 
         "name": results.get("name"),
         "arms": {r["method"]: r for r in first},
         "summary": results.get("summary"),
+        "pooled": results.get("pooled"),
         "promotion": results.get("promotion"),
         "registered": output_metadata(pipeline_run, "register", "registered"),
         "rejection": str(_where(rejection["path"])) if rejection else None,

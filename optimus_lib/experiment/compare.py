@@ -21,6 +21,7 @@ from optimus_lib.data.io import atomic_path, write_json
 from optimus_lib.errors import OptimusError
 from optimus_lib.evaluate.stats import rtr_diff_interval, rtr_interval, seed_summary
 from optimus_lib.experiment.config import ComparisonSettings, Promotion
+from optimus_lib.experiment.pooled import pooled_differences
 from optimus_lib.stages.evaluate import verdict
 from optimus_lib.stages.train import METHODS
 
@@ -47,6 +48,11 @@ def _load_eval(path: Path) -> dict[str, Any]:
     if not {"seed", "recall_target", "method"} <= set(labels):
         raise OptimusError(f"{path}: evaluation has no arm labels (seed, recall_target, method)")
     return ev
+
+
+def _threshold(ev: dict[str, Any]) -> float:
+    """The evaluator threshold an evaluation scored its replies at."""
+    return float((ev.get("settings") or {}).get("threshold", 0.5))
 
 
 def compare(
@@ -86,7 +92,7 @@ def compare(
     for p, ev in evs.items():
         lab, m = ev["labels"], ev["metrics"]
         seed = int(lab["seed"])
-        threshold = float((ev.get("settings") or {}).get("threshold", 0.5))
+        threshold = _threshold(ev)
         attack, data_seed = s.attack_of(seed)
         row = {
             "seed": seed,
@@ -122,6 +128,9 @@ def compare(
         "rows": rows,
         "summary": summarise(
             rows, seen, recalls, list(dict.fromkeys(r["attack"] for r in rows if r["attack"]))
+        ),
+        "pooled": pooled_differences(
+            rows, promote.method if promote else None, _threshold(next(iter(evs.values())))
         ),
         "promotion": _promotion(rows, evs, control, promote) if promote else None,
         "examples": example_replies(evs, order),

@@ -30,6 +30,7 @@ from typing import Any
 
 from optimus_lib.errors import OptimusError
 from optimus_lib.evaluate.stats import Estimate, estimate, finite
+from optimus_lib.experiment.pooled import pooled_table
 from optimus_lib.report.templating import fmt, png_base64, render
 
 REFERENCE = "no_defense"
@@ -357,12 +358,14 @@ def render_comparison(
     examples: list[dict[str, Any]] | None = None,
     config: dict[str, Any] | None = None,
     seconds: float | None = None,
+    pooled: list[dict[str, Any]] | None = None,
 ) -> str:
     """The comparison page for result rows (the dicts of results.json ``rows`` or the
     records of results.csv); the keyword sections are optional extras of a full
     experiment. Rows with an ``attack`` (attacked data, the experiment's ``attacks``) get
-    a section each; the main tables are the clean rows'. Raises :class:`OptimusError` on
-    a row without seed/recall/method."""
+    a section each; the main tables are the clean rows'. ``pooled``: the experiment's
+    paired differences pooled over seeds (:mod:`optimus_lib.experiment.pooled`). Raises
+    :class:`OptimusError` on a row without seed/recall/method."""
     clean = [r for r in rows if not (isinstance(r, dict) and r.get("attack"))]
     cmp = compare(clean, reference)
     has_context = any(c["rtr_toxic_context"].value is not None for c in cmp.cells.values())
@@ -384,6 +387,7 @@ def render_comparison(
         paired_context=_side_by_side(cmp, DIFF_CONTEXT, cmp.compared, signed=True)
         if has_context and cmp.has_reference
         else [],
+        pooled=pooled_table(pooled or []),
         paired_seeds=_per_seed_diffs(cmp) if cmp.has_reference and len(cmp.seeds) > 1 else [],
         metrics=_all_metrics(cmp),
         attacks=_attack_sections(rows, reference),

@@ -9,11 +9,12 @@ from optimus_lib.report.comparison import render_comparison
 
 def render_experiment(res: dict[str, Any]) -> str:
     """The page for a results.json document (``rows``, ``examples``, ``config``,
-    ``seconds``); the tables, the attack sections and the plot come from ``rows``."""
+    ``seconds``, ``pooled``); the tables, the attack sections and the plot come from ``rows``."""
     return render_comparison(
         res["rows"],
         f"Optimus experiment: {res['name']}",
         examples=res.get("examples"),
         config=res.get("config"),
         seconds=res.get("seconds"),
+        pooled=res.get("pooled"),
     )

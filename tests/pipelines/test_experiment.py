@@ -251,6 +251,33 @@ def test_compare_pairs_by_seed_and_judges_the_promotion(tmp_path):
     assert (tmp_path / "r.csv").is_file() and (tmp_path / "r.html").is_file()
 
 
+def test_compare_pools_the_paired_difference_over_seeds(tmp_path):
+    """Every context of every seed in one paired bootstrap, each against its own seed's
+    run: optimus vs no_defense and vs filter; one seed alone is not pooled."""
+    evs = []
+    for seed in (0, 1, 2):
+        # each seed alone: no_defense 3 of 10 toxic, filter 2, optimus 0
+        for method, hits in (("no_defense", 3), ("filter", 2), ("optimus", 0)):
+            toxic = [1.0] * hits + [0.0] * (10 - hits)
+            evs.append(_evaluation(tmp_path / f"{method}{seed}.json", seed, 0.15, method, toxic))
+    res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
+    pooled = {(e["method"], e["versus"]): e for e in res["pooled"]}
+    pairs = {("filter", "no_defense"), ("optimus", "no_defense"), ("optimus", "filter")}
+    assert set(pooled) == pairs
+    vs_none = pooled[("optimus", "no_defense")]
+    assert vs_none["seeds"] == [0, 1, 2] and vs_none["contexts"] == 30
+    assert vs_none["diff"] == pytest.approx(-0.3) and vs_none["hi"] < 0
+    assert pooled[("optimus", "filter")]["diff"] == pytest.approx(-0.2)
+    assert pooled[("optimus", "filter")]["lo"] < -0.2 < pooled[("optimus", "filter")]["hi"] < 0
+    # the per-seed interval of 10 contexts is wider than the pooled one of 30
+    row = next(r for r in res["rows"] if r["method"] == "optimus" and r["seed"] == 0)
+    assert row["rtr_toxic_diff_lo"] < vs_none["lo"]
+    page = (tmp_path / "r.html").read_text()
+    assert "pooled over seeds" in page and "-0.300 [" in page
+    one = compare(evs[:3], tmp_path / "r1.json", tmp_path / "r1.html")
+    assert one["pooled"] == []
+
+
 def test_compare_reports_both_evaluators(tmp_path):
     """The context evaluator's RTR gets its own intervals, its paired difference to
     no_defense and its own tables on the page, beside the first evaluator's."""
