@@ -134,6 +134,13 @@ def test_dpo_widens_preference_margin(trained, tiny_tokenizer):
     assert after > before + 1.0
 
 
+def _tiny_sft(**kw) -> SFTConfig:
+    """The small SFT of the single-stage tests: lr 1e-3, rank-4 LoRA without dropout."""
+    return SFTConfig(
+        learning_rate=1e-3, max_length=64, lora=LoraConfig(r=4, alpha=8, dropout=0.0), **kw
+    )
+
+
 def test_killed_sft_resumes_from_last_checkpoint(
     tiny_model_dir, tiny_tokenizer, tmp_path, monkeypatch
 ):
@@ -141,13 +148,7 @@ def test_killed_sft_resumes_from_last_checkpoint(
     import transformers
 
     records = build_sft_records([s.with_response(CHOSEN) for s in _flagged()], tiny_tokenizer)
-    cfg = SFTConfig(
-        learning_rate=1e-3,
-        epochs=1,
-        batch_size=1,
-        max_length=64,
-        lora=LoraConfig(r=4, alpha=8, dropout=0.0),
-    )
+    cfg = _tiny_sft(epochs=1, batch_size=1)
     original = transformers.Trainer.training_step
     calls = {"n": 0, "kill_after": 2}
 
@@ -185,15 +186,8 @@ def test_plain_loss_sft_trains_what_the_fused_head_trains(tiny_model_dir, tiny_t
     records = build_sft_records([s.with_response(CHOSEN) for s in _flagged()], tiny_tokenizer)
     out = {}
     for fused in (True, False):
-        cfg = SFTConfig(
-            learning_rate=1e-3,
-            epochs=2,
-            batch_size=2,
-            max_length=64,
-            lora=LoraConfig(r=4, alpha=8, dropout=0.0),
-            fused_lm_head=fused,
-            bf16=False,  # the comparison is exact in fp32
-        )
+        # bf16 off: the comparison is exact in fp32
+        cfg = _tiny_sft(epochs=2, batch_size=2, fused_lm_head=fused, bf16=False)
         run = StageRun(str(tiny_model_dir), tmp_path / str(fused), save_steps=100, progress=False)
         adapter = train_sft(run, records, cfg)
         log = json.loads((run.out / "train_log.json").read_text())
