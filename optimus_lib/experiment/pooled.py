@@ -26,15 +26,22 @@ from optimus_lib.evaluate.stats import rtr_diff_interval
 REFERENCE = "no_defense"
 
 
-def _toxic_scores(path: str, cache: dict[str, dict[str, list[float]]]) -> dict[str, list[float]]:
-    """Evaluator scores of each toxic-context reply of one evaluation, by context id."""
-    if path not in cache:
+#: The evaluators' per-reply score fields in an evaluation, by the name the tables show.
+EVALUATORS = {"lexical": "toxicity", "contextual": "toxicity_context"}
+
+
+def _toxic_scores(
+    path: str, score: str, cache: dict[tuple[str, str], dict[str, list[float]]]
+) -> dict[str, list[float]]:
+    """One evaluator's scores of each toxic-context reply of one evaluation, by context
+    id (empty when that evaluator did not run)."""
+    if (path, score) not in cache:
         by: dict[str, list[float]] = {}
         for g in json.loads(Path(path).read_text(encoding="utf-8"))["generations"]:
-            if g["set"] == "toxic" and g.get("toxicity") is not None:
-                by.setdefault(str(g["id"]), []).append(float(g["toxicity"]))
-        cache[path] = by
-    return cache[path]
+            if g["set"] == "toxic" and g.get(score) is not None:
+                by.setdefault(str(g["id"]), []).append(float(g[score]))
+        cache[(path, score)] = by
+    return cache[(path, score)]
 
 
 def _rate(groups: list[list[float]], threshold: float) -> float:
@@ -52,11 +59,13 @@ def pooled_differences(
 
     ``rows``: the comparison's rows (each with ``evaluation``, the path of its evaluate
     results, and ``seed``/``recall_target``/``method``/``attack``). Returns one entry per
-    pair with ``method``, ``versus``, ``seeds`` (those both ran), ``contexts``, the
-    pooled RTR of each, ``diff`` (method minus versus) and its 95 % interval ``lo``/``hi``.
+    pair and evaluator (``lexical``: the evaluation's ``toxicity``; ``contextual``: its
+    ``toxicity_context``, where that evaluator ran) with ``method``, ``versus``,
+    ``seeds`` (those both ran), ``contexts``, the pooled RTR of each, ``diff`` (method
+    minus versus) and its 95 % interval ``lo``/``hi``.
     Only cells with at least two seeds are pooled: one seed is the rows' own interval.
     """
-    cache: dict[str, dict[str, list[float]]] = {}
+    cache: dict[tuple[str, str], dict[str, list[float]]] = {}
     cells: dict[tuple[Any, float], dict[str, dict[int, str]]] = {}
     for r in rows:
         if r.get("evaluation"):
@@ -69,15 +78,15 @@ def pooled_differences(
         pairs = [(m, reference) for m in by_method if m != reference and reference in by_method]
         if focus in by_method:
             pairs += [(focus, m) for m in by_method if m not in (focus, reference)]
-        for a, b in pairs:
+        for (a, b), (evaluator, score) in ((p, e) for p in pairs for e in EVALUATORS.items()):
             seeds = sorted(set(by_method[a]) & set(by_method[b]))
             if len(seeds) < 2:
                 continue
             mine: list[list[float]] = []
             ref: list[list[float]] = []
             for s in seeds:
-                x = _toxic_scores(by_method[a][s], cache)
-                y = _toxic_scores(by_method[b][s], cache)
+                x = _toxic_scores(by_method[a][s], score, cache)
+                y = _toxic_scores(by_method[b][s], score, cache)
                 for cid in sorted(set(x) & set(y)):
                     if x[cid] and y[cid]:
                         mine.append(x[cid])
@@ -92,6 +101,7 @@ def pooled_differences(
                     "recall_target": recall,
                     "method": a,
                     "versus": b,
+                    "evaluator": evaluator,
                     "seeds": seeds,
                     "contexts": len(mine),
                     "rtr": ra,
@@ -101,7 +111,14 @@ def pooled_differences(
                     "hi": hi,
                 }
             )
-    out.sort(key=lambda e: (e["attack"] is not None, str(e["attack"]), -e["recall_target"]))
+    out.sort(
+        key=lambda e: (
+            e["attack"] is not None,
+            str(e["attack"]),
+            list(EVALUATORS).index(e["evaluator"]),
+            -e["recall_target"],
+        )
+    )
     return out
 
 
@@ -112,6 +129,7 @@ def pooled_table(entries: list[dict[str, Any]]) -> list[list[str]]:
     rows = [
         [
             "data",
+            "evaluator",
             "recall target",
             "method",
             "versus",
@@ -128,6 +146,7 @@ def pooled_table(entries: list[dict[str, Any]]) -> list[list[str]]:
         rows.append(
             [
                 e["attack"] or "clean",
+                e.get("evaluator", "lexical"),
                 f"{e['recall_target']:g}",
                 e["method"],
                 e["versus"],

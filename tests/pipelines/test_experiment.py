@@ -259,9 +259,16 @@ def test_compare_pools_the_paired_difference_over_seeds(tmp_path):
         # each seed alone: no_defense 3 of 10 toxic, filter 2, optimus 0
         for method, hits in (("no_defense", 3), ("filter", 2), ("optimus", 0)):
             toxic = [1.0] * hits + [0.0] * (10 - hits)
-            evs.append(_evaluation(tmp_path / f"{method}{seed}.json", seed, 0.15, method, toxic))
+            # the context evaluator sees the same here, except on seed 0's no_defense
+            ctx = [0.0] * 10 if (seed, method) == (0, "no_defense") else toxic
+            path = tmp_path / f"{method}{seed}.json"
+            evs.append(_evaluation(path, seed, 0.15, method, toxic, ctx))
     res = compare(evs, tmp_path / "r.json", tmp_path / "r.html")
-    pooled = {(e["method"], e["versus"]): e for e in res["pooled"]}
+    pooled = {(e["method"], e["versus"]): e for e in res["pooled"] if e["evaluator"] == "lexical"}
+    contextual = {
+        (e["method"], e["versus"]): e for e in res["pooled"] if e["evaluator"] == "contextual"
+    }
+    assert contextual[("optimus", "no_defense")]["diff"] == pytest.approx(-0.2)  # 6 of 30
     pairs = {("filter", "no_defense"), ("optimus", "no_defense"), ("optimus", "filter")}
     assert set(pooled) == pairs
     vs_none = pooled[("optimus", "no_defense")]
