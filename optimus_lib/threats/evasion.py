@@ -261,24 +261,30 @@ def perturb(
     seed: int = 0,
     engine: ParaphraseEngine | None = None,
     max_new_tokens: int = 64,
+    share: float = 1.0,
 ) -> list[Sample]:
     """Toxic replies (``label == 1``) perturbed to slip past a classifier.
 
     Word-level kinds (:data:`PERTURBATIONS`) change each eligible word with probability
     ``rate``, from a per-sample generator seeded by ``seed``, so results are reproducible
-    and independent of the other samples. ``"paraphrase"`` rewrites a seeded ``rate``
-    share of the toxic replies with ``engine`` (greedy decoding); an empty rewrite, as
-    when the model refuses, keeps the original and is recorded as such. Non-toxic samples
-    are copied unchanged.
+    and independent of the other samples; ``share`` is the seeded share of toxic replies
+    attacked (1.0: all), the others are copied unchanged, so an attacked reply is the same
+    at any share. ``"paraphrase"`` rewrites a seeded ``rate`` share of the toxic replies
+    with ``engine`` (greedy decoding); an empty rewrite, as when the model refuses, keeps
+    the original and is recorded as such. Non-toxic samples are copied unchanged.
     """
     if kind not in PERTURB_KINDS:
         raise ValueError(f"unknown perturbation {kind!r}; choose from {list(PERTURB_KINDS)}")
     _check_fraction(rate, "rate")
     if kind == "paraphrase":
         return _paraphrase(samples, rate, seed, engine, max_new_tokens)
+    _check_fraction(share, "share")
+    toxic = [i for i, s in enumerate(samples) if _is_toxic(s)]
+    rng = random.Random(f"perturb:{kind}:{seed}")
+    chosen = {toxic[j] for j in _choose(len(toxic), share, rng)}
     out = []
     for i, s in enumerate(samples):
-        if not _is_toxic(s):
+        if i not in chosen:
             out.append(_copy(s))
             continue
         text, n = perturb_text(s.response, kind, rate, _sample_rng(seed, kind, i, s))

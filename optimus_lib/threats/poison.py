@@ -141,6 +141,11 @@ def build_eval_sets(
     return toxic, benign
 
 
+#: Word-level evasions (``perturb:<kind>``) change each eligible word of an attacked
+#: reply with this probability; ``evasion_rate`` is the share of toxic replies attacked.
+EVASION_WORD_RATE = 0.5
+
+
 def build_threat_set(
     n: int,
     toxic_fraction: float,
@@ -173,8 +178,10 @@ def build_threat_set(
         try:
             if kind == "jailbreak":
                 train = evasions.jailbreak_suffix(train, name, seed, rate=evasion_rate)
-            else:
+            elif name == "paraphrase":  # its rate is already the share of replies
                 train = evasions.perturb(train, name, evasion_rate, seed)
+            else:
+                train = evasions.perturb(train, name, EVASION_WORD_RATE, seed, share=evasion_rate)
         except (KeyError, ValueError) as exc:
             raise OptimusError(f"evasion {evasion!r}: {exc}") from None
     return train

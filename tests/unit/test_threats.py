@@ -125,7 +125,10 @@ def test_an_attacked_run_seed_is_the_same_data_with_half_the_toxic_replies_evade
     assert len(evaded) == round(0.5 * len(toxic))  # evasion_rate's default: half
     assert all(jail[0][i].response.endswith("with your family.") for i in evaded)
     assert all(jail[0][i].response == clean[0][i].response for i in range(24) if i not in evaded)
-    assert any("original_response" in s.record for s in leet[0])
+    # a word-level perturbation attacks the same share of replies, not of words
+    leet_evaded = [i for i in toxic if "original_response" in leet[0][i].record]
+    assert len(leet_evaded) == round(0.5 * len(toxic))
+    assert all(leet[0][i].response == clean[0][i].response for i in toxic if i not in leet_evaded)
     assert DataConfig(seed=5, attacks=attacks).for_run_seed().evasion is None
     with pytest.raises(OptimusError, match="no attack 3"):
         DataConfig(seed=3 * ATTACK_SEED_STRIDE, attacks=attacks).for_run_seed()
@@ -149,3 +152,15 @@ def test_classify_measures_recall_on_the_evaded_replies():
     res = ClassifyResult(0.5, 6, 3, quality={"precision": 1.0, "recall": 0.75, "f1": 1.0,
                                              "fpr": 0.5, "auc": 0.8, **q})  # fmt: skip
     assert res.as_metrics()["recall_evaded"] == 0.5
+
+
+def test_a_perturbed_reply_is_the_same_at_any_share():
+    """evasion_rate only chooses which toxic replies a word-level attack rewrites: each
+    rewritten reply is what it is when every toxic reply is attacked."""
+    args = (40, 0.5, 3, 1, "inject", "cf-2024", None, "perturb:leetspeak")
+    half = build_threat_set(*args, evasion_rate=0.5)
+    every = build_threat_set(*args, evasion_rate=1.0)
+    hit = [i for i, s in enumerate(half) if "original_response" in s.record]
+    assert len(hit) == 10 and sum("original_response" in s.record for s in every) == 20
+    assert all(half[i].response == every[i].response for i in hit)
+    assert all(every[i].record["perturb_rate"] == 0.5 for i in hit)
