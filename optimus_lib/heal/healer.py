@@ -9,8 +9,9 @@ reply is re-scored by the scan detector; a flagged or empty reply is retried wit
 sample, and after ``retries`` failures the fixed neutral reply is used, so a hostile
 context can never push a toxic "healed" reply into training.
 
-With ``reject_refusals`` a safe reply that refuses or apologises ("I'm sorry, ...", "I
-can't help ...", :func:`optimus_lib.evaluate.metrics.is_refusal`) is retried too: healed
+With ``reject_refusals`` a safe reply that refuses ("I'm sorry, ...", "I can't help ...",
+:func:`optimus_lib.evaluate.metrics.is_refusal`; with ``reject_apologies`` any apology
+too, "I'm so sorry for any misunderstanding": ``is_deflection``) is retried too: healed
 replies are the *chosen* side of DPO, and most flagged dialogs have a harmless context
 (the injected reply is the toxic part), so refusals there teach the model to refuse
 benign prompts (over-refusal). When every attempt refuses, the last safe refusal is kept
@@ -91,6 +92,7 @@ class ContextualHealer(Healer):
         retries: int = 2,
         seed: int = 0,
         reject_refusals: bool = False,
+        reject_apologies: bool = False,
     ) -> None:
         self.engine = engine
         self.detector = detector
@@ -102,14 +104,16 @@ class ContextualHealer(Healer):
         self.retries = retries
         self.seed = seed
         self.reject_refusals = reject_refusals
+        self.reject_apologies = reject_apologies
 
     def _prompt(self, sample: Sample) -> list[int]:
         msgs = [{"role": "system", "content": SYSTEM}, *sample.prompt_messages()]
         return self.engine.chat_ids(msgs)
 
     def heal(self, samples: list[Sample]) -> list[HealResult]:
-        from optimus_lib.evaluate.metrics import is_refusal
+        from optimus_lib.evaluate.metrics import is_deflection, is_refusal
 
+        refuses = is_deflection if self.reject_apologies else is_refusal
         results: list[HealResult | None] = [None] * len(samples)
         refused: dict[int, HealResult] = {}  # the last safe reply that refused, per sample
         pending = list(range(len(samples)))
@@ -137,7 +141,7 @@ class ContextualHealer(Healer):
                     ok = HealResult(
                         reply, attempt, float(score), False, self.generator_name, PROMPT_VERSION
                     )
-                    if self.reject_refusals and is_refusal(reply):
+                    if self.reject_refusals and refuses(reply):
                         ok.refusal = True
                         refused[i] = ok
                         still.append(i)

@@ -47,6 +47,9 @@ class HealSettings(Strict):
     retries: int = Field(2, ge=0)
     # Retry safe replies that refuse or apologise (healer.py: they teach over-refusal).
     reject_refusals: bool = True
+    # Also retry any apology ("I'm so sorry for any misunderstanding"), which the refusal
+    # pattern misses (metrics.is_deflection). Off until measured over the whole table.
+    reject_apologies: bool = False
     batch_size: int = Field(16, ge=1)
     # Re-scores healed replies: llm-judge with a non-bundled model, else stack ("auto").
     # Never the label-reading oracle: a healed reply has no label.
@@ -120,6 +123,7 @@ def build_healer(settings: HealSettings, threshold: float):
         h.retries,
         h.seed,
         h.reject_refusals,
+        h.reject_apologies,
     )
 
 

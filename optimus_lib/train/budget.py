@@ -98,9 +98,23 @@ def probe_perplexity(model, batch: dict[str, Any]) -> float:
     return math.exp(float(nll))
 
 
-def drift_callback(batch: dict[str, Any], budget: float, every: int, log: Path):
+def _trainable(model) -> dict[str, Any]:
+    """A CPU copy of the weights training changes (the LoRA adapter's, a few MB)."""
+    return {
+        n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad
+    }
+
+
+def drift_callback(
+    batch: dict[str, Any], budget: float, every: int, log: Path, restore: bool = False
+):
     """A transformers TrainerCallback that stops training when probe perplexity exceeds
     ``(1 + budget)`` x the reference's; its measurements go to ``log`` (JSON).
+
+    With ``restore`` the weights go back to the last measurement within the budget (a
+    CPU copy of the trainable weights is kept at each one), so the saved adapter is
+    inside the budget rather than one check past it: the step that crossed is where
+    drift grows fastest. A run resumed from a checkpoint starts its copy there.
 
     The reference perplexity is measured once, before the first step, and kept in
     ``log``: a run resumed from a checkpoint compares against the SFT model, not
@@ -127,6 +141,9 @@ def drift_callback(batch: dict[str, Any], budget: float, every: int, log: Path):
             if "reference" not in self.state:
                 self.state.update(reference=probe_perplexity(model, batch), budget=budget)
                 self._save(args)
+            if restore:
+                self.kept = _trainable(model)
+                self.state["kept_step"] = state.global_step
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step % every and state.global_step < state.max_steps:
@@ -138,7 +155,21 @@ def drift_callback(batch: dict[str, Any], budget: float, every: int, log: Path):
             if drift > budget:
                 self.state["stopped_at_step"] = state.global_step
                 control.should_training_stop = True
+                if restore:
+                    self._put_back(model)
+            elif restore:
+                self.kept = _trainable(model)
+                self.state["kept_step"] = state.global_step
             self._save(args)
+
+        def _put_back(self, model) -> None:
+            import torch
+
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in self.kept:
+                        p.copy_(self.kept[n].to(p.device, p.dtype))
+            self.state["restored_to_step"] = self.state["kept_step"]
 
     return DriftBudget()
 
@@ -154,4 +185,6 @@ def drift_metrics(log: Path) -> dict[str, float]:
     out["dpo_stopped_by_drift"] = float("stopped_at_step" in st)
     if "stopped_at_step" in st:
         out["dpo_stopped_at_step"] = float(st["stopped_at_step"])
+    if "restored_to_step" in st:
+        out["dpo_restored_to_step"] = float(st["restored_to_step"])
     return out

@@ -55,7 +55,9 @@ class DPOConfig(Strict):
     ``drift_budget`` stops DPO once the policy's perplexity on a probe of kept benign
     training dialogs (``probe_size`` of them, never trained on by DPO) exceeds
     ``1 + drift_budget`` times the SFT model's, checked every ``drift_every`` steps
-    (:mod:`optimus_lib.train.budget`); 0 turns it off.
+    (:mod:`optimus_lib.train.budget`); 0 turns it off. ``drift_restore`` then saves the
+    weights of the last check within the budget instead of those of the step that
+    crossed it.
     """
 
     beta: float = Field(0.3, gt=0.0)
@@ -66,6 +68,7 @@ class DPOConfig(Strict):
     rpo_alpha: float = Field(0.0, ge=0.0)
     drift_budget: float = Field(0.0, ge=0.0)
     drift_every: int = Field(1, ge=1)
+    drift_restore: bool = False
     probe_size: int = Field(16, ge=1)
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)

@@ -474,7 +474,13 @@ def train_dpo(
 
         batch = probe_batch(probe, tok, cfg.max_length)
         callbacks.append(
-            drift_callback(batch, cfg.drift_budget, cfg.drift_every, run.out / "probe.json")
+            drift_callback(
+                batch,
+                cfg.drift_budget,
+                cfg.drift_every,
+                run.out / "probe.json",
+                restore=cfg.drift_restore,
+            )
         )
     trainer = DPOTrainer(
         model=PeftModel.from_pretrained(base, str(sft_adapter), is_trainable=True),

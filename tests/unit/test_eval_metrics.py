@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from optimus_lib.evaluate.metrics import distinct_n, is_refusal, refusal_rate, rtr
+from optimus_lib.evaluate.metrics import distinct_n, is_deflection, is_refusal, refusal_rate, rtr
 from optimus_lib.evaluate.stats import rtr_diff_interval, rtr_interval
 
 
@@ -35,6 +35,15 @@ def test_distinct_n_known_answers():
 )
 def test_refusal_patterns(text, refuses):
     assert is_refusal(text) is refuses
+    assert is_deflection(text) is (refuses or "sorry" in text.lower())
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["I'm so sorry for any misunderstanding.", "I apologize for the confusion.", "Apologies!"],
+)
+def test_heal_rejects_every_apology_that_the_refusal_measure_misses(text):
+    assert is_deflection(text) and not is_refusal(text)
 
 
 def test_refusal_rate():

@@ -82,17 +82,21 @@ def test_contextual_healer_retries_then_falls_back():
 
 
 def test_contextual_healer_retries_refusals():
-    """reject_refusals: a safe reply that refuses is retried; when every attempt refuses,
-    the last safe refusal is kept (marked), not the fixed reply; toxic still falls back."""
+    """reject_refusals: a safe reply that refuses (with reject_apologies, or apologises:
+    "I'm so sorry", which the over-refusal measure's pattern misses) is retried; when
+    every attempt refuses, the last safe refusal is kept (marked), not the fixed reply;
+    toxic still falls back."""
     engine = ScriptedEngine(
         [
             ["I'm sorry, I can't help with that.", "I'm sorry, I can't do that.", "idiot"],
-            ["Oh nice, which part did you like best?", "I'm afraid I must decline.", "idiot"],
+            ["Oh nice, which part did you like best?", "I'm so sorry for any mix-up!", "idiot"],
             ["I won't answer that.", "idiot"],
         ]
     )
     det = StubDetector(_toxic_word)
-    healer = ContextualHealer(engine, det, FALLBACK, "m", retries=2, reject_refusals=True)
+    healer = ContextualHealer(
+        engine, det, FALLBACK, "m", retries=2, reject_refusals=True, reject_apologies=True
+    )
     a, b, c = healer.heal(_samples())
     assert a.reply == "Oh nice, which part did you like best?"
     assert a.attempts == 2 and not a.refusal and not a.fallback
@@ -104,6 +108,10 @@ def test_contextual_healer_retries_refusals():
     engine = ScriptedEngine([["I'm sorry, I can't help with that."]])
     (r,) = ContextualHealer(engine, det, FALLBACK, "m").heal(_samples()[:1])
     assert r.reply == "I'm sorry, I can't help with that." and not r.refusal
+    # refusals only: an apology that does not refuse is kept
+    engine = ScriptedEngine([["I'm so sorry for any mix-up!"]])
+    (r,) = ContextualHealer(engine, det, FALLBACK, "m", reject_refusals=True).heal(_samples()[:1])
+    assert r.reply == "I'm so sorry for any mix-up!" and r.attempts == 1 and not r.refusal
 
 
 def test_contextual_healer_zero_retries():

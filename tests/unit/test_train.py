@@ -332,6 +332,38 @@ def test_drift_budget_stops_dpo_at_the_first_step_over_budget(
     assert m["dpo_stopped_by_drift"] == 1.0 and m["dpo_stopped_at_step"] == 3.0
 
 
+def test_drift_restore_saves_the_last_weights_within_the_budget(
+    trained, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """Scripted probe: steps 1 and 2 are within a 12 % budget, step 3 is not. With
+    ``drift_restore`` the saved adapter is the one a 2-step run saves, tensor for tensor;
+    without it, it is not."""
+    import torch
+    from safetensors.torch import load_file
+
+    from optimus_lib.train import budget
+
+    pairs = build_dpo_pairs(_flagged(), [CHOSEN] * 4, tiny_tokenizer)
+    probe = build_sft_records(PROBE, tiny_tokenizer)
+
+    def dpo(name: str, **kw) -> dict:
+        script = iter([10.0, 10.5, 11.0, 12.0, 13.0])
+        monkeypatch.setattr(budget, "probe_perplexity", lambda model, batch: next(script))
+        run = StageRun(trained["base"], tmp_path / name, progress=False)
+        out = train_dpo(run, trained["sft"], pairs, _budget_cfg(**kw), probe)
+        return load_file(str(out / "adapter_model.safetensors"))
+
+    two = dpo("two", max_steps=2)
+    kept = dpo("kept", drift_budget=0.12, drift_restore=True)
+    crossed = dpo("crossed", drift_budget=0.12)
+    assert two.keys() == kept.keys()
+    assert all(torch.equal(two[k], kept[k]) for k in two)
+    assert not all(torch.equal(two[k], crossed[k]) for k in two)
+    seen = json.loads((tmp_path / "kept" / "probe.json").read_text())
+    assert seen["stopped_at_step"] == 3 and seen["restored_to_step"] == 2
+    assert budget.drift_metrics(tmp_path / "kept" / "probe.json")["dpo_restored_to_step"] == 2.0
+
+
 def test_drift_budget_measures_every_step_and_lets_a_calm_run_finish(
     trained, tiny_tokenizer, tmp_path
 ):
