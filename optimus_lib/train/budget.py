@@ -142,8 +142,7 @@ def drift_callback(
                 self.state.update(reference=probe_perplexity(model, batch), budget=budget)
                 self._save(args)
             if restore:
-                self.kept = _trainable(model)
-                self.state["kept_step"] = state.global_step
+                self._keep(model, state.global_step)
 
         def on_step_end(self, args, state, control, model=None, **kw):
             if state.global_step % every and state.global_step < state.max_steps:
@@ -158,9 +157,12 @@ def drift_callback(
                 if restore:
                     self._put_back(model)
             elif restore:
-                self.kept = _trainable(model)
-                self.state["kept_step"] = state.global_step
+                self._keep(model, state.global_step)
             self._save(args)
+
+        def _keep(self, model, step: int) -> None:
+            self.kept = _trainable(model)
+            self.state["kept_step"] = step
 
         def _put_back(self, model) -> None:
             import torch

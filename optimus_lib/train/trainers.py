@@ -475,11 +475,7 @@ def train_dpo(
         batch = probe_batch(probe, tok, cfg.max_length)
         callbacks.append(
             drift_callback(
-                batch,
-                cfg.drift_budget,
-                cfg.drift_every,
-                run.out / "probe.json",
-                restore=cfg.drift_restore,
+                batch, cfg.drift_budget, cfg.drift_every, run.out / "probe.json", cfg.drift_restore
             )
         )
     trainer = DPOTrainer(
